@@ -1,0 +1,83 @@
+"""Control flow with ref effects inside a remat body.
+
+JAX's partial-eval rule for `cond` rejects branches with ref effects
+("State effect not supported in cond partial-eval"). Inside a remat body we
+rewrite such a `cond` into value form before partial evaluation: read the refs
+it touches, run the discharged `cond` (refs in as values, new contents out),
+and write back the refs it writes. The program means the same thing, and
+both the forward and the rematerializing pass can be split as pure code.
+"""
+from __future__ import annotations
+
+from jax._src import core
+from jax._src.lax.control_flow.conditionals import cond_p
+from jax._src.state.types import (AbstractRef, AccumEffect, RefEffect,
+                                  WriteEffect)
+from jax._src.util import weakref_lru_cache
+
+from jax_remat_refs import _compat
+from jax_remat_refs import _rewrite
+
+# Primitives whose partial-eval rules reject ref effects; discharged here.
+_DISCHARGED_PRIMITIVES = (cond_p,)
+
+
+def _ref_effect_inputs(eqn: core.JaxprEqn, kinds=(RefEffect,)) -> set:
+  return {e.input for e in eqn.effects
+          if isinstance(e, kinds) and isinstance(e.input, core.Var)}
+
+
+def _needs_discharge(eqn: core.JaxprEqn) -> bool:
+  return (eqn.primitive in _DISCHARGED_PRIMITIVES and
+          bool(_ref_effect_inputs(eqn)))
+
+
+@weakref_lru_cache
+def discharge_unsupported(jaxpr: core.Jaxpr) -> core.Jaxpr:
+  """`jaxpr` with every ref-effectful `cond` put into value form."""
+  if not any(_needs_discharge(e) for e in jaxpr.eqns):
+    return jaxpr
+  eqns: list[core.JaxprEqn] = []
+  for eqn in jaxpr.eqns:
+    eqns.extend(_discharge_eqn(eqn) if _needs_discharge(eqn) else [eqn])
+  return _rewrite._finish(jaxpr, jaxpr.invars, jaxpr.outvars, eqns)
+
+
+def _discharge_eqn(eqn: core.JaxprEqn) -> list[core.JaxprEqn]:
+  # A one-equation jaxpr, discharged in all its ref inputs.
+  ins = list(dict.fromkeys(v for v in eqn.invars if isinstance(v, core.Var)))
+  is_ref = [isinstance(v.aval, AbstractRef) for v in ins]
+  single = core.Jaxpr([], ins, list(eqn.outvars), [eqn],
+                      _rewrite.pe.make_jaxpr_effects([], ins, eqn.outvars, [eqn]))
+  discharged, consts = _compat.discharge_state(single, is_ref)
+  assert not consts and not discharged.constvars
+  written = _ref_effect_inputs(eqn, (WriteEffect, AccumEffect))
+
+  out: list[core.JaxprEqn] = []
+  env: dict = {}
+  for v, d_in, r in zip(ins, discharged.invars, is_ref):
+    if r:
+      val = core.Var(v.aval.inner_aval)
+      out.append(_rewrite._read_whole_eqn(v, val))
+      env[d_in] = val
+    else:
+      env[d_in] = v
+  n_outs = len(eqn.outvars)
+  for v, d_out in zip(eqn.outvars, discharged.outvars[:n_outs]):
+    if not isinstance(d_out, core.Var) or d_out in env:
+      # The discharged cond always produces its outputs itself.
+      raise NotImplementedError("remat: cond output forwarded from an input")
+    env[d_out] = v
+  finals = discharged.outvars[n_outs:]
+  final_vars = {}
+  for ref, d_fin in zip([v for v, r in zip(ins, is_ref) if r], finals):
+    if ref in written:
+      final_vars[ref] = env.get(d_fin, d_fin)
+  for d_eqn in discharged.eqns:
+    out.append(d_eqn.replace(
+        invars=[env.get(x, x) if isinstance(x, core.Var) else x
+                for x in d_eqn.invars],
+        outvars=[env.get(x, x) for x in d_eqn.outvars]))
+  for ref, val in final_vars.items():
+    out.append(_rewrite._write_whole_eqn(ref, val))
+  return out

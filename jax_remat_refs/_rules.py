@@ -1,0 +1,284 @@
+"""Ref-aware rules for `remat_p`, registered in JAX's rule tables.
+
+* `remat_partial_eval` (`pe.custom_partial_eval_rules`): the path of
+  grad/vjp/linearize. Known refs that the rematerializing jaxpr reads are
+  snapshotted at remat entry and passed as residuals; the staged jaxpr
+  allocates private refs from the snapshots. Refs it only writes are dropped
+  from it.
+* `remat_partial_eval_custom` (`pe.partial_eval_jaxpr_custom_rules`): the same
+  for nested remat and other `partial_eval_jaxpr_custom` callers.
+* `remat_transpose` (`ad.fancy_transposes`): transposes remat equations that
+  take tangent refs (`RefAccum`s), which upstream's rule cannot.
+* `remat_bind`: fixes the ref-effects mode of a remat when it is traced.
+
+Each rule hands the equation to upstream's rule when no external ref is
+involved, so pure programs produce exactly the jaxprs they did before.
+"""
+from __future__ import annotations
+
+from jax._src import ad_checkpoint as ac
+from jax._src import ad_util
+from jax._src import core
+from jax._src import linear_util as lu
+from jax._src import source_info_util
+from jax._src.interpreters import ad
+from jax._src.interpreters import partial_eval as pe
+from jax._src.state import primitives as state_primitives
+from jax._src.tree_util import tree_flatten, tree_unflatten
+from jax._src.util import merge_lists, partition_list, split_list, weakref_lru_cache
+
+from jax_remat_refs import _compat
+from jax_remat_refs import _control_flow
+from jax_remat_refs import _errors
+from jax_remat_refs import _rewrite
+from jax_remat_refs import _semantics as sem
+from jax_remat_refs._rewrite import RefUse
+
+remat_p = ac.remat_p
+
+# Upstream's rules, captured once at import, before anything is replaced.
+UPSTREAM = dict(
+    bind=remat_p.bind,
+    partial_eval=pe.custom_partial_eval_rules[remat_p],
+    partial_eval_custom=pe.partial_eval_jaxpr_custom_rules[remat_p],
+    transpose=ad.fancy_transposes[remat_p],
+)
+
+
+# --------------------------------------------------------------------------
+# bind: fix the mode when the remat is traced
+
+def remat_bind(*args, jaxpr, prevent_cse, differentiated, policy):
+  if not _rewrite.touches_input_refs(jaxpr):
+    policy = sem.unwrap_policy(policy)  # pure bodies: upstream's equation
+  else:
+    if not isinstance(policy, sem.RefEffectsPolicy):
+      policy = sem.RefEffectsPolicy(sem.default_mode(), policy)
+    if policy.mode == sem.FORBID:
+      _errors.raise_forbidden(jaxpr)
+  return UPSTREAM["bind"](*args, jaxpr=jaxpr, prevent_cse=prevent_cse,
+                          differentiated=differentiated, policy=policy)
+
+
+def _snapshots_apply(policy) -> bool:
+  return sem.mode_of(policy) != sem.REPLAY
+
+
+def _split_uses(jaxpr: core.Jaxpr, candidates):
+  """Positions among `candidates` to snapshot (read) and to drop (written)."""
+  uses = _rewrite.ref_uses(jaxpr)
+  snap = tuple(i for i in candidates if uses[i] is RefUse.READ)
+  drop = tuple(i for i in candidates if uses[i] is RefUse.WRITE_ONLY)
+  return snap, drop
+
+
+def _drop_positions(seq, drop):
+  return [x for i, x in enumerate(seq) if i not in set(drop)]
+
+
+# --------------------------------------------------------------------------
+# partial eval on JaxprTrace (grad, vjp, linearize; scan and jit bodies)
+
+def remat_partial_eval(trace, *tracers, jaxpr, prevent_cse, differentiated,
+                       policy):
+  known_refs = [t.is_known() and _rewrite.is_ref(v)
+                for t, v in zip(tracers, jaxpr.invars)]
+  if not any(known_refs) or not _snapshots_apply(policy):
+    return UPSTREAM["partial_eval"](
+        trace, *tracers, jaxpr=jaxpr, prevent_cse=prevent_cse,
+        differentiated=differentiated, policy=policy)
+  assert not jaxpr.constvars
+  jaxpr = _control_flow.discharge_unsupported(jaxpr)
+  in_unknowns = [not t.is_known() for t in tracers]
+  saveable = sem.unwrap_policy(policy) or ac.nothing_saveable
+  jaxpr_known, jaxpr_staged, out_unknowns, out_inst, num_res = \
+      pe.partial_eval_jaxpr_custom(jaxpr, in_unknowns, [True] * len(tracers),
+                                   False, False, saveable)
+
+  # The rematerializing jaxpr computes only the unknown outputs.
+  _, out_inst_unknown = partition_list(out_inst, out_unknowns)
+  jaxpr_staged, in_used_staged = pe.dce_jaxpr(jaxpr_staged, out_inst_unknown)
+  used_res, used_ins = split_list(in_used_staged, [num_res])
+
+  # Which of its ref inputs hold the caller's (known) refs.
+  staged_tracers = [t for t, u in zip(tracers, used_ins) if u]
+  staged_known_refs = [k for k, u in zip(known_refs, used_ins) if u]
+  n_res = sum(used_res)
+  candidates = [n_res + i for i, k in enumerate(staged_known_refs) if k]
+  snap, drop = _split_uses(jaxpr_staged, candidates)
+  jaxpr_staged = _rewrite.replace_arg_refs_with_vals(jaxpr_staged, snap, drop)
+
+  # The forward pass: known outputs and the residuals the staged jaxpr uses.
+  keep_known_outs = [True] * (len(out_unknowns) - sum(out_unknowns)) + used_res
+  jaxpr_known, in_used_known = pe.dce_jaxpr(jaxpr_known, keep_known_outs)
+  jaxpr_known = ac._insert_reduce_precision(jaxpr_known, n_res)
+  known_vals = [t.pval.get_known() for t in tracers if t.is_known()]
+  # Snapshots are taken before the forward pass touches the refs.
+  snapshots = {i: _read_whole(staged_tracers[i - n_res].pval.get_known())
+               for i in snap}
+  _, known_args = partition_list(in_used_known, known_vals)
+  outs = core.eval_jaxpr(jaxpr_known, (), *known_args)
+  known_outs, residuals = split_list(outs, [len(outs) - n_res])
+
+  # Stage the rematerialization: residuals, snapshots, the other inputs.
+  res_tracers = map(trace.new_instantiated_const, residuals)
+  staged_in = []
+  for i, t in enumerate(staged_tracers):
+    pos = n_res + i
+    if pos in snapshots:
+      staged_in.append(trace.new_instantiated_const(snapshots[pos]))
+    elif pos not in drop:
+      staged_in.append(trace.instantiate_const(t))
+  if isinstance(prevent_cse, tuple):
+    _, cse_ins = partition_list(used_ins, prevent_cse)
+    cse_ins = _drop_positions(cse_ins, [d - n_res for d in drop])
+    prevent_cse = (True,) * n_res + tuple(cse_ins)
+  out_tracers = [pe.JaxprTracer(trace, pe.PartialVal.unknown(v.aval), None)
+                 for v in jaxpr_staged.outvars]
+  params = dict(jaxpr=jaxpr_staged, prevent_cse=prevent_cse,
+                differentiated=True, policy=policy)
+  recipe = pe.new_eqn_recipe(
+      trace, [*res_tracers, *staged_in], out_tracers, remat_p, params,
+      core.positional_effects(jaxpr_staged), source_info_util.current())
+  for t in out_tracers:
+    t.recipe = recipe
+  return merge_lists(out_unknowns, known_outs, out_tracers)
+
+
+def _read_whole(ref):
+  return state_primitives.ref_get(ref, ())
+
+
+# --------------------------------------------------------------------------
+# partial_eval_jaxpr_custom (nested remat, scan/jit custom partial eval)
+
+def remat_partial_eval_custom(saveable, unks_in, inst_in, eqn):
+  upstream = UPSTREAM["partial_eval_custom"]
+  policy = eqn.params["policy"]
+  known_ref_ins = [not u and _rewrite.is_ref(v)
+                   for u, v in zip(unks_in, eqn.invars)]
+  if not any(known_ref_ins) or not _snapshots_apply(policy):
+    return upstream(saveable, unks_in, inst_in, eqn)
+  jaxpr = _control_flow.discharge_unsupported(eqn.params["jaxpr"])
+  if jaxpr is not eqn.params["jaxpr"]:
+    eqn = eqn.replace(params=dict(eqn.params, jaxpr=jaxpr))
+  eqn_known, eqn_staged, unks_out, inst_out, res = upstream(
+      saveable, unks_in, inst_in, eqn)
+  if eqn_staged is None:
+    return eqn_known, eqn_staged, unks_out, inst_out, res
+
+  num_res = len(eqn_staged.invars) - sum(inst_in)
+  _, staged_known_refs = partition_list(inst_in, known_ref_ins)
+  candidates = [num_res + i for i, k in enumerate(staged_known_refs) if k]
+  staged_jaxpr = eqn_staged.params["jaxpr"]
+  snap, drop = _split_uses(staged_jaxpr, candidates)
+  if not snap and not drop:
+    return eqn_known, eqn_staged, unks_out, inst_out, res
+
+  # The known equation also returns the snapshots, read at its entry.
+  known_invars = eqn_known.invars
+  known_pos = [known_invars.index(eqn_staged.invars[i]) for i in snap]
+  known_jaxpr = _rewrite.append_entry_reads(eqn_known.params["jaxpr"],
+                                            tuple(known_pos))
+  snap_vars = [core.Var(eqn_staged.invars[i].aval.inner_aval) for i in snap]
+  eqn_known = eqn_known.replace(
+      outvars=[*eqn_known.outvars, *snap_vars],
+      params=dict(eqn_known.params, jaxpr=known_jaxpr),
+      effects=core.eqn_effects(known_jaxpr, known_invars))
+
+  # The staged equation takes them instead of the refs.
+  new_staged = _rewrite.replace_arg_refs_with_vals(staged_jaxpr, snap, drop)
+  invars = list(eqn_staged.invars)
+  for i, v in zip(snap, snap_vars):
+    invars[i] = v
+  invars = _drop_positions(invars, drop)
+  staged_params = dict(eqn_staged.params, jaxpr=new_staged)
+  if isinstance(staged_params["prevent_cse"], tuple):
+    staged_params["prevent_cse"] = tuple(
+        _drop_positions(staged_params["prevent_cse"], drop))
+  eqn_staged = eqn_staged.replace(
+      invars=invars, params=staged_params,
+      effects=core.eqn_effects(new_staged, invars))
+  return eqn_known, eqn_staged, unks_out, inst_out, [*res, *snap_vars]
+
+
+# --------------------------------------------------------------------------
+# transpose with tangent refs
+
+def remat_transpose(out_cts, *args, jaxpr, prevent_cse, differentiated,
+                    policy):
+  if not any(isinstance(a, ad.RefAccum) for a in args):
+    return UPSTREAM["transpose"](out_cts, *args, jaxpr=jaxpr,
+                                 prevent_cse=prevent_cse,
+                                 differentiated=differentiated, policy=policy)
+  primals_ctrefs, specs = ad.project_accums(args)
+  out_zeros = tuple(type(ct) is ad_util.Zero for ct in out_cts)
+  nz_cts = [ct for ct, z in zip(out_cts, out_zeros) if not z]
+  flat_in = [*primals_ctrefs, *nz_cts]
+  in_avals = tuple(core.typeof(x) for x in flat_in)
+  t_jaxpr, consts, out_tree = _transposed_jaxpr(
+      jaxpr, specs, in_avals, out_zeros)
+  outs = remat_p.bind(*consts, *flat_in, jaxpr=t_jaxpr,
+                      prevent_cse=prevent_cse if isinstance(prevent_cse, bool)
+                      else True,
+                      differentiated=True, policy=policy)
+  cts_in, logs = tree_unflatten(out_tree, outs)
+  cts_in = iter(cts_in)
+  for a in args:
+    if isinstance(a, ad.ValAccum):
+      a.accum(next(cts_in))
+  return _compat.transpose_rule_result(logs)
+
+
+@weakref_lru_cache
+def _transposed_jaxpr(jaxpr: core.Jaxpr, specs, in_avals, out_zeros):
+  """A jaxpr computing a remat body's transpose, its inputs being the
+  projected primals/cotangent refs followed by the nonzero cotangents."""
+  n_primals = len(in_avals) - (len(out_zeros) - sum(out_zeros))
+  cell = {}
+
+  def transposed(*flat):
+    primals_ctrefs, nz_cts = split_list(flat, [n_primals])
+    args = ad.unproject_accums(specs, primals_ctrefs)
+    linear = [isinstance(a, ad.GradAccum) for a in args]
+    nz = iter(nz_cts)
+    cts = [ad_util.Zero(v.aval.to_ct_aval() if hasattr(v.aval, "to_ct_aval")
+                        else v.aval) if z else next(nz)
+           for v, z in zip(jaxpr.outvars, out_zeros)]
+    # Recompute the nonlinear part, then transpose the linear part.
+    known, kconsts, lin, lconsts, out_uk, _ = _compat.partial_eval_nounits(
+        jaxpr, linear, False)
+    nonlin_args = [a for a, l in zip(args, linear) if not l]
+    known_outs = core.eval_jaxpr(known, kconsts, *nonlin_args)
+    n_known_outs = len(out_uk) - sum(out_uk)
+    residuals = known_outs[n_known_outs:]
+    lin_args = [*residuals, *(a for a, l in zip(args, linear) if l)]
+    lin_cts = [ct for ct, uk in zip(cts, out_uk) if uk]
+    logs = _compat.backward_pass(lin, lconsts, lin_args, lin_cts)
+    cts_out = [a.freeze() for a in args if isinstance(a, ad.ValAccum)]
+    cts_out = [ad_util.instantiate(ct) for ct in cts_out]
+    flat_out, cell["tree"] = tree_flatten((cts_out, logs))
+    return flat_out
+
+  dbg = jaxpr.debug_info.with_unknown_names()
+  t_jaxpr, _, consts = pe.trace_to_jaxpr_dynamic(
+      lu.wrap_init(transposed, debug_info=dbg), list(in_avals))
+  return pe.convert_constvars_jaxpr(t_jaxpr), consts, cell["tree"]
+
+
+# --------------------------------------------------------------------------
+# (de)activation
+
+PATCHED = dict(
+    bind=remat_bind,
+    partial_eval=remat_partial_eval,
+    partial_eval_custom=remat_partial_eval_custom,
+    transpose=remat_transpose,
+)
+
+
+def install(rules: dict) -> None:
+  remat_p.bind = rules["bind"]
+  pe.custom_partial_eval_rules[remat_p] = rules["partial_eval"]
+  pe.partial_eval_jaxpr_custom_rules[remat_p] = rules["partial_eval_custom"]
+  ad.fancy_transposes[remat_p] = rules["transpose"]

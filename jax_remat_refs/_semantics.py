@@ -1,0 +1,111 @@
+"""What a remat does with the effects of its body on external refs.
+
+* ``"once"`` (default): effects on external refs (arguments or closed over)
+  happen once, in the forward pass; the rematerializing pass runs on private
+  copies of the values the forward pass saw at remat entry.
+* ``"replay"``: upstream JAX's behaviour; the rematerializing pass runs the
+  effects again on the real refs (and its reads see the mutated state).
+* ``"forbid"``: touching an external ref inside the remat body is an error at
+  trace time.
+
+The choice for one remat rides in the remat equation's ``policy`` parameter
+(wrapped in `RefEffectsPolicy`), so it survives nesting, jaxpr caching and
+printing without a new primitive parameter. A remat without a wrapped policy
+follows the global default, the ``jax_remat_ref_effects`` config option
+(environment variable ``JAX_REMAT_REF_EFFECTS``), which is part of the jit
+cache key.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+from jax._src import config as jax_config
+
+ONCE, REPLAY, FORBID = "once", "replay", "forbid"
+MODES = (ONCE, REPLAY, FORBID)
+ENV_VAR = "JAX_REMAT_REF_EFFECTS"
+
+
+def validate_mode(mode: Any) -> str:
+  if not isinstance(mode, str):
+    raise TypeError(
+        f"ref_effects must be a string, one of {MODES}; got {mode!r} of type "
+        f"{type(mode).__name__}.")
+  if mode not in MODES:
+    raise ValueError(
+        f"ref_effects must be one of {MODES}; got {mode!r}.")
+  return mode
+
+
+def _default_from_env() -> str:
+  value = os.environ.get(ENV_VAR, ONCE) or ONCE
+  try:
+    return validate_mode(value)
+  except ValueError as e:
+    raise ValueError(f"environment variable {ENV_VAR}: {e}") from None
+
+
+_existing = getattr(jax_config.config, "jax_remat_ref_effects", None)
+if _existing is None:
+  ref_effects_default = jax_config.enum_state(
+      name="jax_remat_ref_effects",
+      enum_values=list(MODES),
+      default=_default_from_env(),
+      help=("What jax.remat does with its body's effects on external refs: "
+            "'once' (forward pass only), 'replay' (upstream behaviour) or "
+            "'forbid' (error). Set by jax_remat_refs."),
+      include_in_jit_key=True)
+else:  # the module was reloaded: the option is registered already
+  ref_effects_default = jax_config._read("jax_remat_ref_effects")  # pragma: no cover
+
+
+def default_mode() -> str:
+  return ref_effects_default.value
+
+
+class RefEffectsPolicy:
+  """A remat policy that also carries the ref-effects choice.
+
+  Calls go to the wrapped policy (``nothing_saveable`` when there is none), so
+  every upstream rule that calls the policy keeps working unchanged.
+  """
+  __slots__ = ("mode", "base", "__weakref__")
+
+  def __init__(self, mode: str, base: Callable[..., Any] | None):
+    self.mode = validate_mode(mode)
+    self.base = base
+
+  def __call__(self, prim, *args, **params):
+    if self.base is None:
+      return False  # nothing_saveable
+    return self.base(prim, *args, **params)
+
+  def __eq__(self, other):
+    return (type(other) is RefEffectsPolicy and self.mode == other.mode and
+            self.base == other.base)
+
+  def __hash__(self):
+    return hash((RefEffectsPolicy, self.mode, self.base))
+
+  def __repr__(self):
+    base = getattr(self.base, "__name__", repr(self.base))
+    return f"RefEffects({self.mode!r}, policy={base})"
+
+
+def wrap_policy(mode: str | None, policy):
+  """The policy param for a remat with an explicit `mode` (None: default)."""
+  if mode is None:
+    return policy
+  return RefEffectsPolicy(mode, unwrap_policy(policy))
+
+
+def unwrap_policy(policy):
+  return policy.base if isinstance(policy, RefEffectsPolicy) else policy
+
+
+def mode_of(policy) -> str:
+  """The ref-effects mode of a remat equation with this `policy` param."""
+  if isinstance(policy, RefEffectsPolicy):
+    return policy.mode
+  return default_mode()
