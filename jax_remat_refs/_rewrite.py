@@ -7,7 +7,9 @@ jaxpr identity with `weakref_lru_cache`, like JAX's own jaxpr transforms.
 from __future__ import annotations
 
 import enum
-from typing import Sequence
+from typing import NamedTuple, Sequence
+
+import numpy as np
 
 from jax._src import core
 from jax._src import effects as effects_lib
@@ -109,36 +111,136 @@ def _finish(jaxpr: core.Jaxpr, invars, outvars, eqns) -> core.Jaxpr:
   return new
 
 
-def replace_arg_refs_with_vals(jaxpr: core.Jaxpr, snapshot: Sequence[int],
-                               drop: Sequence[int] = ()) -> core.Jaxpr:
-  """Make `jaxpr` pure in some of its ref inputs.
+class RefPlan(NamedTuple):
+  """What the rematerializing jaxpr gets instead of some of its ref inputs.
 
-  For each position in `snapshot`, the ref invar becomes a value invar (its
-  contents) and the body allocates a private ref from it, so the body's
-  reads and writes no longer reach the caller's ref. Each position in `drop`
-  must be a WRITE_ONLY ref: its writes are deleted along with the invar.
+  snapshot: ref invar positions replaced by the ref's contents at entry (the
+    body allocates a private ref from them);
+  drop: ref invar positions removed, with every access to them;
+  saved_reads: outputs of reads of dropped refs, which become leading invars
+    (residuals: the values the forward pass read).
   """
-  return _replace_arg_refs_with_vals(jaxpr, tuple(snapshot), tuple(drop))
+  snapshot: tuple[int, ...]
+  drop: tuple[int, ...]
+  saved_reads: tuple[core.Var, ...]
+
+
+def _nbytes(aval) -> int:
+  return int(np.prod(aval.shape, dtype=np.int64)) * np.dtype(aval.dtype).itemsize
+
+
+def _accesses_only_at_top_level(jaxpr: core.Jaxpr, ref: core.Var,
+                                used: set[core.Var]) -> bool:
+  for eqn in jaxpr.eqns:
+    if ref not in eqn.invars:
+      continue
+    if eqn.primitive not in (get_p, swap_p, addupdate_p) or eqn.invars[0] is not ref:
+      return False
+    if ref in eqn.invars[1:]:
+      return False
+    if eqn.primitive is swap_p and eqn.outvars[0] in used:
+      return False  # a swap whose old value is used: keep it simple
+  return ref not in jaxpr.outvars
+
+
+def _live_reads(jaxpr: core.Jaxpr, refs: set[core.Var]) -> list[core.JaxprEqn]:
+  """The reads of `refs` whose values the jaxpr needs once every write to
+  `refs` is deleted."""
+  live = {v for v in jaxpr.outvars if isinstance(v, core.Var)}
+  reads = []
+  for eqn in reversed(jaxpr.eqns):
+    touches = bool(eqn.invars) and eqn.invars[0] in refs
+    if touches and eqn.primitive is not get_p:
+      continue  # a write to a ref we drop
+    needed = any(v in live for v in eqn.outvars)
+    if not needed and not touches and eqn.effects:
+      needed = True  # other effects stay, and so do their inputs
+    if needed:
+      if touches:
+        reads.append(eqn)
+      live.update(v for v in eqn.invars if isinstance(v, core.Var))
+  return reads[::-1]
 
 
 @weakref_lru_cache
-def _replace_arg_refs_with_vals(jaxpr: core.Jaxpr, snapshot: tuple[int, ...],
-                                drop: tuple[int, ...]) -> core.Jaxpr:
+def plan_ref_inputs(jaxpr: core.Jaxpr, candidates: tuple[int, ...]) -> RefPlan:
+  """Choose, for each caller-owned ref input of a rematerializing jaxpr, the
+  cheapest way to keep the caller's ref out of it:
+
+  * a ref whose values are never observed is dropped (its writes are dead:
+    they already happened in the forward pass);
+  * a ref accessed only by top-level reads and writes whose needed reads are
+    no larger than the ref is dropped, and the values of those reads, taken in
+    the forward pass, are passed in instead (the recomputation runs the same
+    accesses from the same state, so it would read the same values);
+  * otherwise the ref's contents at entry are passed in (a snapshot).
+  """
+  uses = ref_uses(jaxpr)
+  used = _used_vars(jaxpr)
+  snapshot, drop, simple = [], [], {}
+  for i in candidates:
+    ref = jaxpr.invars[i]
+    if uses[i] is RefUse.UNUSED:
+      continue
+    if uses[i] is RefUse.WRITE_ONLY:
+      drop.append(i)
+    elif _accesses_only_at_top_level(jaxpr, ref, used):
+      simple[ref] = i
+    else:
+      snapshot.append(i)
+  saved: list[core.Var] = []
+  if simple:
+    reads = _live_reads(jaxpr, set(simple))
+    for ref, i in simple.items():
+      mine = [e.outvars[0] for e in reads if e.invars[0] is ref]
+      if sum(_nbytes(v.aval) for v in mine) <= _nbytes(ref.aval.inner_aval):
+        drop.append(i)
+        saved.extend(mine)
+      else:
+        snapshot.append(i)
+  return RefPlan(tuple(sorted(snapshot)), tuple(sorted(drop)), tuple(saved))
+
+
+def apply_ref_plan(jaxpr: core.Jaxpr, plan: RefPlan) -> core.Jaxpr:
+  """Rewrite a rematerializing jaxpr by `plan` (see `RefPlan`).
+
+  Invars become [*plan.saved_reads, *invars] with snapshot positions holding
+  values and dropped positions removed.
+  """
+  return _apply_ref_plan(jaxpr, plan)
+
+
+def replace_arg_refs_with_vals(jaxpr: core.Jaxpr, snapshot: Sequence[int],
+                               drop: Sequence[int] = ()) -> core.Jaxpr:
+  """Make `jaxpr` pure in the ref inputs at `snapshot` (they become values, and
+  the body allocates private refs from them) and remove those at `drop`."""
+  return _apply_ref_plan(jaxpr, RefPlan(tuple(snapshot), tuple(drop), ()))
+
+
+@weakref_lru_cache
+def _apply_ref_plan(jaxpr: core.Jaxpr, plan: RefPlan) -> core.Jaxpr:
   env: dict[core.Var, core.Var] = {}
   prologue: list[core.JaxprEqn] = []
   invars = list(jaxpr.invars)
-  for i in snapshot:
+  for i in plan.snapshot:
     old = jaxpr.invars[i]
     val = core.Var(old.aval.inner_aval)
     fresh = core.Var(old.aval)
     prologue.append(_new_ref_eqn(val, fresh))
     env[old] = fresh
     invars[i] = val
-  dropped = {jaxpr.invars[i] for i in drop}
+  dropped = {jaxpr.invars[i] for i in plan.drop}
   eqns = [_subst_eqn(e, env) for e in jaxpr.eqns
           if not (e.invars and e.invars[0] in dropped)]
-  invars = [v for i, v in enumerate(invars) if i not in set(drop)]
+  drop = set(plan.drop)
+  invars = [*plan.saved_reads, *(v for i, v in enumerate(invars) if i not in drop)]
   return _finish(jaxpr, invars, jaxpr.outvars, prologue + eqns)
+
+
+def append_outvars(jaxpr: core.Jaxpr, outvars) -> core.Jaxpr:
+  if not outvars:
+    return jaxpr
+  return jaxpr.replace(outvars=[*jaxpr.outvars, *outvars])
 
 
 @weakref_lru_cache

@@ -30,9 +30,9 @@ from jax._src.util import merge_lists, partition_list, split_list, weakref_lru_c
 from jax_remat_refs import _compat
 from jax_remat_refs import _control_flow
 from jax_remat_refs import _errors
+from jax_remat_refs import _report
 from jax_remat_refs import _rewrite
 from jax_remat_refs import _semantics as sem
-from jax_remat_refs._rewrite import RefUse
 
 remat_p = ac.remat_p
 
@@ -54,6 +54,8 @@ def remat_bind(*args, jaxpr, prevent_cse, differentiated, policy):
   else:
     if not isinstance(policy, sem.RefEffectsPolicy):
       policy = sem.RefEffectsPolicy(sem.default_mode(), policy)
+    if not policy.ref_labels and not differentiated:
+      policy = policy.with_labels(_report.input_labels(jaxpr))
     if policy.mode == sem.FORBID:
       _errors.raise_forbidden(jaxpr)
   return UPSTREAM["bind"](*args, jaxpr=jaxpr, prevent_cse=prevent_cse,
@@ -62,14 +64,6 @@ def remat_bind(*args, jaxpr, prevent_cse, differentiated, policy):
 
 def _snapshots_apply(policy) -> bool:
   return sem.mode_of(policy) != sem.REPLAY
-
-
-def _split_uses(jaxpr: core.Jaxpr, candidates):
-  """Positions among `candidates` to snapshot (read) and to drop (written)."""
-  uses = _rewrite.ref_uses(jaxpr)
-  snap = tuple(i for i in candidates if uses[i] is RefUse.READ)
-  drop = tuple(i for i in candidates if uses[i] is RefUse.WRITE_ONLY)
-  return snap, drop
 
 
 def _drop_positions(seq, drop):
@@ -100,39 +94,51 @@ def remat_partial_eval(trace, *tracers, jaxpr, prevent_cse, differentiated,
   jaxpr_staged, in_used_staged = pe.dce_jaxpr(jaxpr_staged, out_inst_unknown)
   used_res, used_ins = split_list(in_used_staged, [num_res])
 
-  # Which of its ref inputs hold the caller's (known) refs.
+  # Which of its ref inputs hold the caller's (known) refs, and what it gets
+  # instead of each: a snapshot, the values the forward pass read, or nothing.
   staged_tracers = [t for t, u in zip(tracers, used_ins) if u]
   staged_known_refs = [k for k, u in zip(known_refs, used_ins) if u]
   n_res = sum(used_res)
-  candidates = [n_res + i for i, k in enumerate(staged_known_refs) if k]
-  snap, drop = _split_uses(jaxpr_staged, candidates)
-  jaxpr_staged = _rewrite.replace_arg_refs_with_vals(jaxpr_staged, snap, drop)
+  candidates = tuple(n_res + i for i, k in enumerate(staged_known_refs) if k)
+  plan = _rewrite.plan_ref_inputs(jaxpr_staged, candidates)
+  jaxpr_staged = _rewrite.apply_ref_plan(jaxpr_staged, plan)
+  n_saved = len(plan.saved_reads)
 
-  # The forward pass: known outputs and the residuals the staged jaxpr uses.
-  keep_known_outs = [True] * (len(out_unknowns) - sum(out_unknowns)) + used_res
+  # The forward pass: known outputs, then the residuals the staged jaxpr uses,
+  # then the saved reads.
+  jaxpr_known = _rewrite.append_outvars(jaxpr_known, plan.saved_reads)
+  keep_known_outs = ([True] * (len(out_unknowns) - sum(out_unknowns)) +
+                     used_res + [True] * n_saved)
   jaxpr_known, in_used_known = pe.dce_jaxpr(jaxpr_known, keep_known_outs)
-  jaxpr_known = ac._insert_reduce_precision(jaxpr_known, n_res)
+  jaxpr_known = ac._insert_reduce_precision(jaxpr_known, n_res + n_saved)
   known_vals = [t.pval.get_known() for t in tracers if t.is_known()]
   # Snapshots are taken before the forward pass touches the refs.
-  snapshots = {i: _read_whole(staged_tracers[i - n_res].pval.get_known())
-               for i in snap}
+  orig_index = [i for i, u in enumerate(used_ins) if u]
+  labels = {i: _report.snapshot_label(jaxpr, orig_index[i - n_res], policy)
+            for i in plan.snapshot}
+  snapshots = {}
+  for i in plan.snapshot:
+    with _report.snapshot_scope(labels[i]):
+      snapshots[i] = _read_whole(staged_tracers[i - n_res].pval.get_known())
+  _report.log_snapshots(list(labels.values()), n_saved)
   _, known_args = partition_list(in_used_known, known_vals)
   outs = core.eval_jaxpr(jaxpr_known, (), *known_args)
-  known_outs, residuals = split_list(outs, [len(outs) - n_res])
+  known_outs, residuals, saved = split_list(
+      outs, [len(outs) - n_res - n_saved, n_res])
 
-  # Stage the rematerialization: residuals, snapshots, the other inputs.
-  res_tracers = map(trace.new_instantiated_const, residuals)
+  # Stage the rematerialization: saved reads, residuals, snapshots, the rest.
+  res_tracers = map(trace.new_instantiated_const, [*saved, *residuals])
   staged_in = []
   for i, t in enumerate(staged_tracers):
     pos = n_res + i
     if pos in snapshots:
       staged_in.append(trace.new_instantiated_const(snapshots[pos]))
-    elif pos not in drop:
+    elif pos not in plan.drop:
       staged_in.append(trace.instantiate_const(t))
   if isinstance(prevent_cse, tuple):
     _, cse_ins = partition_list(used_ins, prevent_cse)
-    cse_ins = _drop_positions(cse_ins, [d - n_res for d in drop])
-    prevent_cse = (True,) * n_res + tuple(cse_ins)
+    cse_ins = _drop_positions(cse_ins, [d - n_res for d in plan.drop])
+    prevent_cse = (True,) * (n_saved + n_res) + tuple(cse_ins)
   out_tracers = [pe.JaxprTracer(trace, pe.PartialVal.unknown(v.aval), None)
                  for v in jaxpr_staged.outvars]
   params = dict(jaxpr=jaxpr_staged, prevent_cse=prevent_cse,
@@ -169,37 +175,42 @@ def remat_partial_eval_custom(saveable, unks_in, inst_in, eqn):
 
   num_res = len(eqn_staged.invars) - sum(inst_in)
   _, staged_known_refs = partition_list(inst_in, known_ref_ins)
-  candidates = [num_res + i for i, k in enumerate(staged_known_refs) if k]
+  candidates = tuple(num_res + i for i, k in enumerate(staged_known_refs) if k)
   staged_jaxpr = eqn_staged.params["jaxpr"]
-  snap, drop = _split_uses(staged_jaxpr, candidates)
-  if not snap and not drop:
+  plan = _rewrite.plan_ref_inputs(staged_jaxpr, candidates)
+  if not (plan.snapshot or plan.drop):
     return eqn_known, eqn_staged, unks_out, inst_out, res
 
-  # The known equation also returns the snapshots, read at its entry.
+  # The known equation also returns the snapshots (read at its entry) and the
+  # values of the reads the staged equation no longer does.
   known_invars = eqn_known.invars
-  known_pos = [known_invars.index(eqn_staged.invars[i]) for i in snap]
-  known_jaxpr = _rewrite.append_entry_reads(eqn_known.params["jaxpr"],
-                                            tuple(known_pos))
-  snap_vars = [core.Var(eqn_staged.invars[i].aval.inner_aval) for i in snap]
+  known_pos = tuple(known_invars.index(eqn_staged.invars[i]) for i in plan.snapshot)
+  known_jaxpr = _rewrite.append_outvars(
+      _rewrite.append_entry_reads(eqn_known.params["jaxpr"], known_pos),
+      plan.saved_reads)
+  snap_vars = [core.Var(eqn_staged.invars[i].aval.inner_aval)
+               for i in plan.snapshot]
+  saved_vars = [core.Var(v.aval) for v in plan.saved_reads]
   eqn_known = eqn_known.replace(
-      outvars=[*eqn_known.outvars, *snap_vars],
+      outvars=[*eqn_known.outvars, *snap_vars, *saved_vars],
       params=dict(eqn_known.params, jaxpr=known_jaxpr),
       effects=core.eqn_effects(known_jaxpr, known_invars))
 
   # The staged equation takes them instead of the refs.
-  new_staged = _rewrite.replace_arg_refs_with_vals(staged_jaxpr, snap, drop)
+  new_staged = _rewrite.apply_ref_plan(staged_jaxpr, plan)
   invars = list(eqn_staged.invars)
-  for i, v in zip(snap, snap_vars):
+  for i, v in zip(plan.snapshot, snap_vars):
     invars[i] = v
-  invars = _drop_positions(invars, drop)
+  invars = [*saved_vars, *_drop_positions(invars, plan.drop)]
   staged_params = dict(eqn_staged.params, jaxpr=new_staged)
   if isinstance(staged_params["prevent_cse"], tuple):
-    staged_params["prevent_cse"] = tuple(
-        _drop_positions(staged_params["prevent_cse"], drop))
+    staged_params["prevent_cse"] = (True,) * len(saved_vars) + tuple(
+        _drop_positions(staged_params["prevent_cse"], plan.drop))
   eqn_staged = eqn_staged.replace(
       invars=invars, params=staged_params,
       effects=core.eqn_effects(new_staged, invars))
-  return eqn_known, eqn_staged, unks_out, inst_out, [*res, *snap_vars]
+  return (eqn_known, eqn_staged, unks_out, inst_out,
+          [*res, *snap_vars, *saved_vars])
 
 
 # --------------------------------------------------------------------------
@@ -278,6 +289,7 @@ PATCHED = dict(
 
 
 def install(rules: dict) -> None:
+  (_report.install if rules is PATCHED else _report.uninstall)()
   remat_p.bind = rules["bind"]
   pe.custom_partial_eval_rules[remat_p] = rules["partial_eval"]
   pe.partial_eval_jaxpr_custom_rules[remat_p] = rules["partial_eval_custom"]

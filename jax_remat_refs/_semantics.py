@@ -70,11 +70,20 @@ class RefEffectsPolicy:
   Calls go to the wrapped policy (``nothing_saveable`` when there is none), so
   every upstream rule that calls the policy keeps working unchanged.
   """
-  __slots__ = ("mode", "base", "__weakref__")
+  __slots__ = ("mode", "base", "ref_labels", "__weakref__")
 
-  def __init__(self, mode: str, base: Callable[..., Any] | None):
+  def __init__(self, mode: str, base: Callable[..., Any] | None,
+               ref_labels: tuple[str | None, ...] = ()):
     self.mode = validate_mode(mode)
     self.base = base
+    # How to name each primal input ref in reports; not part of equality.
+    self.ref_labels = ref_labels
+
+  def with_labels(self, ref_labels):
+    return RefEffectsPolicy(self.mode, self.base, tuple(ref_labels))
+
+  def label(self, i: int) -> str | None:
+    return self.ref_labels[i] if i < len(self.ref_labels) else None
 
   def __call__(self, prim, *args, **params):
     if self.base is None:
