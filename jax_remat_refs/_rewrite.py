@@ -40,6 +40,11 @@ class RefUse(enum.Enum):
   READ = 2         # its values may be observed
 
 
+def _var_in(x, vars_) -> bool:
+  """`x in vars_` for any atom (Literals are not hashable on every version)."""
+  return isinstance(x, core.Var) and x in vars_
+
+
 def _used_vars(jaxpr: core.Jaxpr) -> set[core.Var]:
   used = {v for e in jaxpr.eqns for v in e.invars if isinstance(v, core.Var)}
   used.update(v for v in jaxpr.outvars if isinstance(v, core.Var))
@@ -49,7 +54,7 @@ def _used_vars(jaxpr: core.Jaxpr) -> set[core.Var]:
 def _is_blind_write(eqn: core.JaxprEqn, used: set[core.Var]) -> bool:
   if eqn.primitive is addupdate_p:
     return True
-  return eqn.primitive is swap_p and eqn.outvars[0] not in used
+  return eqn.primitive is swap_p and not _var_in(eqn.outvars[0], used)
 
 
 @weakref_lru_cache
@@ -138,7 +143,7 @@ def _accesses_only_at_top_level(jaxpr: core.Jaxpr, ref: core.Var,
       return False
     if ref in eqn.invars[1:]:
       return False
-    if eqn.primitive is swap_p and eqn.outvars[0] in used:
+    if eqn.primitive is swap_p and _var_in(eqn.outvars[0], used):
       return False  # a swap whose old value is used: keep it simple
   return ref not in jaxpr.outvars
 
@@ -149,10 +154,10 @@ def _live_reads(jaxpr: core.Jaxpr, refs: set[core.Var]) -> list[core.JaxprEqn]:
   live = {v for v in jaxpr.outvars if isinstance(v, core.Var)}
   reads = []
   for eqn in reversed(jaxpr.eqns):
-    touches = bool(eqn.invars) and eqn.invars[0] in refs
+    touches = bool(eqn.invars) and _var_in(eqn.invars[0], refs)
     if touches and eqn.primitive is not get_p:
       continue  # a write to a ref we drop
-    needed = any(v in live for v in eqn.outvars)
+    needed = any(_var_in(v, live) for v in eqn.outvars)
     if not needed and not touches and eqn.effects:
       needed = True  # other effects stay, and so do their inputs
     if needed:
@@ -231,7 +236,7 @@ def _apply_ref_plan(jaxpr: core.Jaxpr, plan: RefPlan) -> core.Jaxpr:
     invars[i] = val
   dropped = {jaxpr.invars[i] for i in plan.drop}
   eqns = [_subst_eqn(e, env) for e in jaxpr.eqns
-          if not (e.invars and e.invars[0] in dropped)]
+          if not (e.invars and _var_in(e.invars[0], dropped))]
   drop = set(plan.drop)
   invars = [*plan.saved_reads, *(v for i, v in enumerate(invars) if i not in drop)]
   return _finish(jaxpr, invars, jaxpr.outvars, prologue + eqns)
