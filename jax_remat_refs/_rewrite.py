@@ -269,3 +269,35 @@ def touches_input_refs(jaxpr: core.Jaxpr) -> bool:
   return any(isinstance(e, effects_lib.JaxprInputEffect) and
              isinstance(e.input, core.Var) and e.input in jaxpr.invars
              for e in jaxpr.effects)
+
+
+@weakref_lru_cache
+def lift_constant_tangent_writes(jaxpr: core.Jaxpr, n_nonlinear: int
+                                 ) -> tuple[core.Jaxpr, int]:
+  """Give each write of a non-linear value into a linear ref its own new
+  (trailing) invar.
+
+  In a linear jaxpr whose first `n_nonlinear` invars are non-linear, a value
+  written into a tangent ref without depending on a linear input is a zero
+  tangent (JAX instantiates symbolic zeros this way). The transpose rules of
+  `swap`/`addupdate` expect the written value to be linear; feeding it as a
+  fresh linear input whose cotangent is discarded transposes it correctly.
+  Returns the jaxpr and the number of invars added.
+  """
+  nonlinear = {*jaxpr.constvars, *jaxpr.invars[:n_nonlinear]}
+  added: list[core.Var] = []
+  eqns = []
+  for eqn in jaxpr.eqns:
+    if (eqn.primitive in (swap_p, addupdate_p) and
+        not _var_in(eqn.invars[0], nonlinear) and
+        (isinstance(eqn.invars[1], core.Literal) or
+         _var_in(eqn.invars[1], nonlinear))):
+      fresh = core.Var(core.get_aval(eqn.invars[1].val)
+                       if isinstance(eqn.invars[1], core.Literal)
+                       else eqn.invars[1].aval)
+      added.append(fresh)
+      eqn = eqn.replace(invars=[eqn.invars[0], fresh, *eqn.invars[2:]])
+    eqns.append(eqn)
+  if not added:
+    return jaxpr, 0
+  return _finish(jaxpr, [*jaxpr.invars, *added], jaxpr.outvars, eqns), len(added)

@@ -264,6 +264,8 @@ def _transposed_jaxpr(jaxpr: core.Jaxpr, specs, in_avals, out_zeros):
     n_known_outs = len(out_uk) - sum(out_uk)
     residuals = known_outs[n_known_outs:]
     lin_args = [*residuals, *(a for a, l in zip(args, linear) if l)]
+    lin, _ = _rewrite.lift_constant_tangent_writes(lin, len(residuals))
+    lin_args += [ad.ValAccum(v.aval) for v in lin.invars[len(lin_args):]]
     lin_cts = [ct for ct, uk in zip(cts, out_uk) if uk]
     logs = _compat.backward_pass(lin, lconsts, lin_args, lin_cts)
     cts_out = [a.freeze() for a in args if isinstance(a, ad.ValAccum)]
