@@ -193,16 +193,19 @@ def plan_ref_inputs(jaxpr: core.Jaxpr, candidates: tuple[int, ...]) -> RefPlan:
       simple[ref] = i
     else:
       snapshot.append(i)
+  # Which reads are needed depends on which refs' writes are deleted; shrink
+  # the set of refs to drop until every one of them is still worth dropping.
   saved: list[core.Var] = []
-  if simple:
+  while simple:
     reads = _live_reads(jaxpr, set(simple))
-    for ref, i in simple.items():
-      mine = [e.outvars[0] for e in reads if e.invars[0] is ref]
-      if sum(_nbytes(v.aval) for v in mine) <= _nbytes(ref.aval.inner_aval):
-        drop.append(i)
-        saved.extend(mine)
-      else:
-        snapshot.append(i)
+    costly = {ref for ref in simple
+              if sum(_nbytes(e.outvars[0].aval) for e in reads
+                     if e.invars[0] is ref) > _nbytes(ref.aval.inner_aval)}
+    if not costly:
+      saved = [e.outvars[0] for e in reads]
+      drop.extend(simple.values())
+      break
+    snapshot.extend(simple.pop(ref) for ref in costly)
   return RefPlan(tuple(sorted(snapshot)), tuple(sorted(drop)), tuple(saved))
 
 
@@ -239,7 +242,10 @@ def _apply_ref_plan(jaxpr: core.Jaxpr, plan: RefPlan) -> core.Jaxpr:
           if not (e.invars and _var_in(e.invars[0], dropped))]
   drop = set(plan.drop)
   invars = [*plan.saved_reads, *(v for i, v in enumerate(invars) if i not in drop)]
-  return _finish(jaxpr, invars, jaxpr.outvars, prologue + eqns)
+  new = _finish(jaxpr, invars, jaxpr.outvars, prologue + eqns)
+  if drop:  # what computed the dropped writes' values and indices is dead now
+    new, _ = pe.dce_jaxpr(new, [True] * len(new.outvars), instantiate=True)
+  return new
 
 
 def append_outvars(jaxpr: core.Jaxpr, outvars) -> core.Jaxpr:
