@@ -31,6 +31,10 @@ Environment:
   PATCH_TESTS      which tests the self-check runs: "all" (default), "none", or
                    names/globs of tests/test_*.py files separated by commas or
                    spaces ("smoke", "test_smoke.py", "test_*cond*").
+  PATCH_SUITES     which runs of those tests: "jax,repo" (default); "jax": the
+                   converted tests/remat_refs_*_test.py with this repo's
+                   package blocked; "repo": this repo's tests/ on the patched
+                   JAX.
   PATCH_SELFCHECK  "0" writes the patch without the self-check.
   PATCH_KEEP_TMP   "1" keeps the temporary JAX tree and prints where it is.
 """
@@ -55,6 +59,7 @@ import tempfile
 import textwrap
 import time
 import tokenize
+from xml.etree import ElementTree
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 OUT = REPO / "build" / "out"
@@ -70,6 +75,9 @@ UPSTREAM_GRAD, UPSTREAM_REF = 2.0, 3.0  # the += 1 replayed before the re-read
 # of a patched JAX's copy; the in-JAX copy of __init__.py leaves it out.
 DETECT_BEGIN = "# >>> in-JAX build detection"
 DETECT_END = "# <<< in-JAX build detection"
+# Tests (functions or classes) of the out-of-tree package itself carry this
+# decorator; they are left out of JAX's tests/.
+OVERLAY_ONLY = "overlay_only"
 
 
 class BuildError(Exception):
@@ -285,7 +293,8 @@ class ImportRewriter:
         parent, _, leaf = IN_JAX_PKG.rpartition(".")
         stmts.append(f"from {parent} import {leaf}" +
                      ("" if bind == leaf else f" as {bind}"))
-        stmts.append(f"import {s[0]}  # noqa: F401")
+        # (`import a.b.c` would bind `jax`, maybe shadowing it in a function)
+        stmts.append(f"__import__({s[0]!r})")
     return "; ".join(stmts)
 
   def _rename_package_name(self, src, import_spans, bind):
@@ -312,6 +321,18 @@ def leftover_package_names(src: str) -> list[str]:
   return left
 
 
+def _cut(src: str, begin: int, end: int) -> str:
+  """Removes whole lines src[begin:end]; the blank lines around them merge
+  (as many remain as on the wider side)."""
+  head, tail = src[:begin], src[end:]
+  before = len(head) - len(head.rstrip("\n")) - 1  # blank lines above
+  after = len(tail) - len(tail.lstrip("\n"))       # blank lines below
+  if before < 0:
+    return head + tail
+  return head.rstrip("\n") + "\n" * (1 + max(before, after)) + \
+      tail.lstrip("\n")
+
+
 def strip_detection_block(src: str, filename: str) -> str:
   begin = src.find(DETECT_BEGIN)
   if begin < 0:
@@ -321,7 +342,7 @@ def strip_detection_block(src: str, filename: str) -> str:
     raise BuildError(f"{filename}: '{DETECT_BEGIN}' without '{DETECT_END}'")
   begin = src.rfind("\n", 0, begin) + 1
   end = src.find("\n", end) + 1
-  return src[:begin] + src[end:]
+  return _cut(src, begin, end)
 
 
 _CHECK_CALL_RE = re.compile(
@@ -330,7 +351,35 @@ _CHECK_CALL_RE = re.compile(
 
 
 def strip_version_check(src: str) -> tuple[str, int]:
-  return _CHECK_CALL_RE.subn("", src)
+  n = 0
+  while m := _CHECK_CALL_RE.search(src):
+    src, n = _cut(src, m.start(), m.end()), n + 1
+  return src, n
+
+
+def _decorator_name(node) -> str:
+  while isinstance(node, ast.Call):
+    node = node.func
+  if isinstance(node, ast.Attribute):
+    return node.attr
+  return getattr(node, "id", "")
+
+
+def strip_overlay_only(src: str, filename: str) -> tuple[str, list[str]]:
+  """Drops tests decorated with `@overlay_only` (tests of the out-of-tree
+  package itself, e.g. that importing it activates the rules)."""
+  tree = ast.parse(src, filename)
+  cuts = []
+  for node in ast.walk(tree):
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+                  ) and any(_decorator_name(d) == OVERLAY_ONLY
+                            for d in node.decorator_list):
+      first = min(d.lineno for d in node.decorator_list)
+      cuts.append((first, node.end_lineno, node.name))
+  offsets = _line_offsets(src)
+  for first, last, _ in sorted(cuts, reverse=True):
+    src = _cut(src, offsets[first - 1], offsets[last])
+  return src, [name for _, _, name in sorted(cuts)]
 
 
 # --------------------------------------------------------------------------
@@ -404,10 +453,6 @@ def build_package(year: int):
 
   for dotted, path in mods.items():
     parts = dotted.split(".")
-    pkg_parts = parts[:-1] if parts[-1] != "__init__" else parts[:-1]
-    package = ".".join([PKG] + pkg_parts) if parts[-1] != "__init__" else \
-        ".".join([PKG] + parts[:-1])
-    del pkg_parts
     src = path.read_text(encoding="utf-8")
     src = strip_detection_block(src, str(path))
     src, n = strip_version_check(src)
@@ -418,7 +463,6 @@ def build_package(year: int):
       raise BuildError(f"{path}: still names {PKG} in code at "
                        f"{', '.join(left)} after rewriting; extend "
                        "build/make_patch.py or avoid the dynamic reference")
-    del package
     if PKG in src:
       notes.append(f"{path.relative_to(REPO)}: '{PKG}' kept in strings/"
                    "comments")
@@ -544,11 +588,45 @@ def _jax_style_setup(src: str, path: pathlib.Path, devices: int | None) -> str:
   return "".join(lines[:at]) + "\n".join(add) + "\n" + "".join(lines[at:])
 
 
-def build_tests(year: int) -> tuple[dict[str, str], dict[str, str], list[str]]:
+# What JAX's own tests may import besides the standard library.
+JAX_TEST_DEPS = {"__future__", "jax", "jaxlib", "numpy", "absl", "hypothesis",
+                 "scipy", "ml_dtypes", "opt_einsum", "pytest", "tests", PKG}
+
+
+def _foreign_imports(path: pathlib.Path, left_out: list[str]) -> list[str]:
+  """Imports that keep a test file out of JAX's tests/: modules of this
+  package left out of the patch, third-party packages JAX does not test with."""
+  bad = []
+  for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    if isinstance(node, ast.Import):
+      names = [a.name for a in node.names]
+    elif isinstance(node, ast.ImportFrom) and node.level == 0:
+      names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+    else:
+      continue
+    for name in names:
+      root = name.split(".")[0]
+      if root not in JAX_TEST_DEPS and root not in sys.stdlib_module_names:
+        bad.append(name)
+      elif root == PKG and any(name == f"{PKG}.{m}" or name.startswith(
+          f"{PKG}.{m}.") for m in left_out):
+        bad.append(name)
+  return sorted(set(bad))
+
+
+def build_tests(year: int, left_out: list[str]
+                ) -> tuple[dict[str, str], dict[str, str], list[str]]:
   """({JAX-root path: text}, {repo test file name: converted name}, notes)."""
-  sources = sorted((REPO / "tests").glob("test_*.py"))
+  sources = []
   devices = _device_count_requested()
   files, names, notes = {}, {}, []
+  for path in sorted((REPO / "tests").glob("test_*.py")):
+    bad = _foreign_imports(path, left_out)
+    if bad:
+      notes.append(f"{path.relative_to(REPO)} left out of JAX's tests/ "
+                   f"(imports {', '.join(bad)})")
+    else:
+      sources.append(path)
   todo = [(f"tests.{p.stem}", p) for p in sources]
   seen = set()
 
@@ -556,11 +634,14 @@ def build_tests(year: int) -> tuple[dict[str, str], dict[str, str], list[str]]:
     m = _in_jax_module(name)
     if m is not None:
       return m, False
-    f = _test_module_file(name)
-    if f is None or name == "tests" or f.name == "conftest.py":
-      if name == "tests" or name.startswith("tests."):
-        return None if f is None or name == "tests" else _fail_conftest(name)
+    if not name.startswith("tests."):
       return None
+    f = _test_module_file(name)
+    if f is None:
+      return None  # a name inside a module, not a module
+    if f.name == "conftest.py":
+      raise BuildError(f"a test imports {name}; conftest.py is not carried "
+                       "into JAX's tests/")
     if name not in seen:
       seen.add(name)
       todo.append((name, f))
@@ -571,6 +652,10 @@ def build_tests(year: int) -> tuple[dict[str, str], dict[str, str], list[str]]:
     seen.add(name)
     package = name.rpartition(".")[0] if path.name != "__init__.py" else name
     src = path.read_text(encoding="utf-8")
+    src, dropped = strip_overlay_only(src, str(path))
+    if dropped:
+      notes.append(f"{path.relative_to(REPO)}: left out @{OVERLAY_ONLY} "
+                   f"{', '.join(dropped)}")
     src = ImportRewriter(map_module, package=package).rewrite(src, str(path))
     left = leftover_package_names(src)
     if left:
@@ -587,11 +672,6 @@ def build_tests(year: int) -> tuple[dict[str, str], dict[str, str], list[str]]:
     if not path.name.startswith("test_"):
       notes.append(f"test helper {path.relative_to(REPO)} -> {rel}")
   return files, names, notes
-
-
-def _fail_conftest(name):
-  raise BuildError(f"a test imports {name}; conftest.py is not carried into "
-                   "JAX's tests/")
 
 
 # --------------------------------------------------------------------------
@@ -738,11 +818,10 @@ def _env(pythonpath: list[pathlib.Path], **extra) -> dict[str, str]:
   return env
 
 
-def selected_tests(names: dict[str, str]) -> list[str] | None:
+def selected_tests() -> list[str] | None:
   """Repo test files (relative to tests/) the self-check runs; None: none."""
   spec = os.environ.get("PATCH_TESTS", "all").strip() or "all"
-  tests = sorted(n for n in names if pathlib.PurePosixPath(n).name.startswith(
-      "test_"))
+  tests = sorted(p.name for p in (REPO / "tests").glob("test_*.py"))
   if spec == "all":
     return tests
   if spec == "none":
@@ -758,6 +837,14 @@ def selected_tests(names: dict[str, str]) -> list[str] | None:
       raise BuildError(f"PATCH_TESTS: {item!r} matches none of {tests}")
     chosen += [t for t in hit if t not in chosen]
   return chosen
+
+
+def selected_suites() -> set[str]:
+  spec = os.environ.get("PATCH_SUITES", "jax,repo").strip() or "jax,repo"
+  suites = set(re.split(r"[,\s]+", spec)) - {""}
+  if not suites <= {"jax", "repo"}:
+    raise BuildError(f"PATCH_SUITES: {spec!r}; use 'jax', 'repo' or both")
+  return suites
 
 
 def seed_check(tmp, helper, overlay: bool, *, expect_in_jax: bool,
@@ -786,16 +873,29 @@ def seed_check(tmp, helper, overlay: bool, *, expect_in_jax: bool,
   return got
 
 
-def _pytest(files, *, cwd, env, label):
+def _pytest(files, *, cwd, env, label, tmp):
+  """Runs pytest; returns seconds and counts (from its JUnit XML)."""
   t0 = time.perf_counter()
   log(f"  pytest ({label}): {len(files)} file(s)")
+  xml = pathlib.Path(tempfile.mkstemp(suffix=".xml", dir=tmp)[1])
   r = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-            "-p", "remat_refs_selfcheck_plugin", *files],
+            "-p", "remat_refs_selfcheck_plugin", f"--junitxml={xml}", *files],
            cwd=cwd, env=env, check=False)
-  dt = time.perf_counter() - t0
-  if r.returncode != 0:
-    raise BuildError(f"pytest ({label}) failed, exit {r.returncode}")
-  return round(dt, 1)
+  dt = round(time.perf_counter() - t0, 1)
+  counts = {}
+  try:
+    root = ElementTree.parse(xml).getroot()
+    for suite in ([root] if root.tag == "testsuite" else root.iter("testsuite")):
+      for k in ("tests", "failures", "errors", "skipped"):
+        counts[k] = counts.get(k, 0) + int(suite.get(k, 0))
+  except (OSError, ElementTree.ParseError):
+    pass
+  counts["passed"] = counts.get("tests", 0) - sum(
+      counts.get(k, 0) for k in ("failures", "errors", "skipped"))
+  log(f"  ... {label}: exit {r.returncode}, {counts['passed']} passed, "
+      f"{counts.get('failures', 0)} failed, {counts.get('errors', 0)} errors, "
+      f"{counts.get('skipped', 0)} skipped in {dt}s")
+  return dict(seconds=dt, exit=r.returncode, **counts)
 
 
 def self_check(jax_dir, record, patch_path, changes, test_names) -> dict:
@@ -814,16 +914,32 @@ def self_check(jax_dir, record, patch_path, changes, test_names) -> dict:
       raise BuildError("the copy of jax is not pristine: " + problems[0])
     log(f"  copied pristine jax to {tmp} ({time.perf_counter() - t0:.1f}s)")
 
-    _run(["git", "apply", "--check", "-v", str(patch_path)], cwd=tmp,
-         capture=True)
-    _run(["patch", "-p1", "--dry-run", "-s", "-i", str(patch_path)], cwd=tmp,
-         capture=True)
-    _run(["patch", "-p1", "-s", "-i", str(patch_path)], cwd=tmp, capture=True)
+    # No repository above tmp may capture the paths (git apply would then
+    # skip files outside the current directory without a word).
+    git_env = dict(os.environ, GIT_CEILING_DIRECTORIES=str(tmp.parent))
+    r = _run(["git", "apply", "--check", "-v", str(patch_path)], cwd=tmp,
+             env=git_env, capture=True)
+    checked = r.stdout.count("Checking patch ")
+    if checked != len(changes):
+      raise BuildError(f"git apply --check looked at {checked} of "
+                       f"{len(changes)} files:\n{r.stdout}")
+    if shutil.which("patch"):
+      apply_cmd = ["patch", "-p1", "-s", "-i", str(patch_path)]
+      revert_cmd = ["patch", "-R", "-p1", "-s", "-i", str(patch_path)]
+      _run(apply_cmd[:2] + ["--dry-run"] + apply_cmd[2:], cwd=tmp,
+           capture=True)
+    else:  # no `patch` program: apply it with git too
+      apply_cmd = ["git", "apply", str(patch_path)]
+      revert_cmd = ["git", "apply", "-R", str(patch_path)]
+    _run(apply_cmd, cwd=tmp, env=git_env, capture=True)
     for rel, (_, new) in changes.items():
       if (tmp / rel).read_text(encoding="utf-8") != new:
-        raise BuildError(f"after `patch -p1`, {rel} differs from what was built")
-    status["steps"]["apply"] = "git apply --check, patch --dry-run, patch -p1: ok"
-    log("  patch applies (git apply --check, patch -p1)")
+        raise BuildError(f"after `{' '.join(apply_cmd[:2])}`, {rel} differs "
+                         "from what was built")
+    status["steps"]["apply"] = (f"git apply --check ({checked} files), "
+                                f"{' '.join(apply_cmd[:2])}: ok")
+    log(f"  patch applies: git apply --check ({checked} files), "
+        f"{' '.join(apply_cmd[:2])}")
 
     got = seed_check(tmp, helper, overlay=False, expect_in_jax=True,
                      expect=(SEED_GRAD, SEED_REF))
@@ -832,27 +948,38 @@ def self_check(jax_dir, record, patch_path, changes, test_names) -> dict:
         f"{got['ref']} (without remat: {got['no_remat_grad']} "
         f"{got['no_remat_ref']})")
 
-    chosen = selected_tests(test_names)
+    chosen = selected_tests()
+    suites = selected_suites()
+    failed = []
     if chosen is None:
       log("  PATCH_TESTS=none: tests skipped")
       status["steps"]["tests"] = "skipped (PATCH_TESTS=none)"
     else:
-      in_jax = [f"tests/{test_names[t]}" for t in chosen]
+      status["steps"]["tests_selected"] = os.environ.get("PATCH_TESTS", "all")
+    in_jax = [f"tests/{test_names[t]}" for t in chosen or ()
+              if t in test_names]
+    if in_jax and "jax" in suites:
       status["steps"]["in_jax_tests"] = dict(
-          files=in_jax, seconds=_pytest(
-              in_jax, cwd=tmp, label="tests/remat_refs_*_test.py, overlay "
-              "blocked", env=_env([tmp, helper], REMAT_REFS_SELFCHECK="jax-only",
-                                  REMAT_REFS_SELFCHECK_ROOT=str(tmp))))
+          files=in_jax, **_pytest(
+              in_jax, cwd=tmp, tmp=helper, label="tests/remat_refs_*_test.py, "
+              "overlay blocked", env=_env(
+                  [tmp, helper], REMAT_REFS_SELFCHECK="jax-only",
+                  REMAT_REFS_SELFCHECK_ROOT=str(tmp))))
+      failed.append(status["steps"]["in_jax_tests"])
+    if chosen is not None and "repo" in suites:
       repo = [f"tests/{t}" for t in chosen]
       status["steps"]["repo_tests"] = dict(
-          files=repo, seconds=_pytest(
-              repo, cwd=REPO, label="this repo's tests/ on the patched JAX",
-              env=_env([tmp, helper, REPO], REMAT_REFS_SELFCHECK="overlay",
-                       REMAT_REFS_SELFCHECK_ROOT=str(tmp))))
-      status["steps"]["tests_selected"] = os.environ.get("PATCH_TESTS", "all")
+          files=repo, **_pytest(
+              repo, cwd=REPO, tmp=helper, label="this repo's tests/ on the "
+              "patched JAX", env=_env(
+                  [tmp, helper, REPO], REMAT_REFS_SELFCHECK="overlay",
+                  REMAT_REFS_SELFCHECK_ROOT=str(tmp))))
+      failed.append(status["steps"]["repo_tests"])
+    # Both runs report before a failure stops the build.
+    failed = [f"pytest {' '.join(r['files'])}: exit {r['exit']}"
+              for r in failed if r["exit"] != 0]
 
-    _run(["patch", "-R", "-p1", "-s", "-i", str(patch_path)], cwd=tmp,
-         capture=True)
+    _run(revert_cmd, cwd=tmp, env=git_env, capture=True)
     for d in sorted((p for p in tmp.rglob("*") if p.is_dir()), reverse=True):
       if d.name == "__pycache__" and not any(
           f.suffix != ".pyc" for f in d.iterdir()) and not any(
@@ -865,8 +992,10 @@ def self_check(jax_dir, record, patch_path, changes, test_names) -> dict:
     if problems:
       raise BuildError("after `patch -R` the copy is not pristine: " +
                        "; ".join(problems[:5]))
-    status["steps"]["revert"] = "patch -R -p1: copy matches the wheel RECORD"
-    log("  patch -R: the copy matches the wheel RECORD again")
+    status["steps"]["revert"] = (f"{' '.join(revert_cmd[:3])}: the copy "
+                                 "matches the wheel RECORD")
+    log(f"  {' '.join(revert_cmd[:3])}: the copy matches the wheel RECORD "
+        "again")
     got = seed_check(tmp, helper, overlay=False, expect_in_jax=False,
                      expect=(UPSTREAM_GRAD, UPSTREAM_REF))
     status["steps"]["seed_reverted"] = got
@@ -877,6 +1006,8 @@ def self_check(jax_dir, record, patch_path, changes, test_names) -> dict:
     status["steps"]["seed_reverted_overlay"] = got
     log(f"  reverted JAX + overlay, seed program: grad {got['grad']} ref "
         f"{got['ref']} (same as the patch)")
+    if failed:
+      raise BuildError("tests failed on the patched JAX: " + "; ".join(failed))
   finally:
     if keep:
       log(f"  kept {tmp}")
@@ -894,14 +1025,51 @@ def _fmt(v):
   return str(v)
 
 
-def _records(data):
-  if isinstance(data, list) and data and all(isinstance(r, dict) for r in data):
-    return data
-  if isinstance(data, dict):
-    for v in data.values():
-      if isinstance(v, list) and v and all(isinstance(r, dict) for r in v):
-        return v
-  return None
+def _is_record(v) -> bool:
+  return isinstance(v, dict) and bool(v) and all(
+      isinstance(x, (str, int, float, bool)) or x is None for x in v.values())
+
+
+def _tables(data) -> dict[str, list[tuple[str, dict]]]:
+  """Flat records of a nested JSON document, grouped into tables.
+
+  A dict whose values are all records is one table named by its key (e.g.
+  "rows": one row per variant); a record elsewhere joins the table named by
+  its own key (e.g. "ratios": one row per workload)."""
+  tables: dict[str, list[tuple[str, dict]]] = {}
+
+  def walk(node, path):
+    if not isinstance(node, dict):
+      return
+    for k, v in node.items():
+      if isinstance(v, dict) and v and all(_is_record(x) for x in v.values()):
+        for label, rec in v.items():
+          tables.setdefault(str(k), []).append(
+              (" / ".join(path + [str(label)]), rec))
+      elif _is_record(v):
+        tables.setdefault(str(k), []).append((" / ".join(path) or "-", v))
+      else:
+        walk(v, path + [str(k)])
+
+  walk(data if isinstance(data, dict) else {"results": data}, [])
+  return tables
+
+
+def _markdown_table(rows: list[tuple[str, dict]]) -> list[str]:
+  cols = []
+  for _, rec in rows:
+    cols += [k for k in rec if k not in cols]
+  parts = [label.split(" / ") for label, _ in rows]
+  common = 0  # leading label parts every row shares ("results") go
+  while all(len(p) > common + 1 and p[common] == parts[0][common]
+            for p in parts):
+    common += 1
+  out = ["| | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+  for p, (_, rec) in zip(parts, rows):
+    label = " / ".join(p[common:]).replace("|", "\\|")
+    out.append(f"| {label} | " + " | ".join(
+        _fmt(rec[c]) if c in rec else "" for c in cols) + " |")
+  return out
 
 
 def benchmark_section() -> str:
@@ -909,34 +1077,34 @@ def benchmark_section() -> str:
   if not files:
     return "None measured yet (no benchmarks/results/*.json when this was built).\n"
   out = []
+  runner = REPO / "benchmarks" / "run.py"
+  if runner.is_file():
+    doc = ast.get_docstring(ast.parse(runner.read_text(encoding="utf-8")))
+    if doc:
+      out += ["From `benchmarks/run.py`:", "", "```", doc.strip(), "```", ""]
   for f in files:
     try:
       data = json.loads(f.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-      out.append(f"`{f.name}`: unreadable ({e}).\n")
+      out += [f"`{f.name}`: unreadable ({e}).", ""]
       continue
-    out.append(f"From `benchmarks/results/{f.name}`:\n")
+    meta = ""
     if isinstance(data, dict):
-      meta = {k: v for k, v in data.items()
-              if isinstance(v, (str, int, float, bool)) or v is None}
-      if meta:
-        out.append(", ".join(f"{k}: {_fmt(v)}" for k, v in meta.items()) + "\n")
-    rows = _records(data)
-    if rows:
-      cols = []
-      for r in rows:
-        for k, v in r.items():
-          if k not in cols and (isinstance(v, (str, int, float, bool)) or
-                                v is None):
-            cols.append(k)
-      out.append("\n| " + " | ".join(cols) + " |\n")
-      out.append("|" + "---|" * len(cols) + "\n")
-      for r in rows[:40]:
-        out.append("| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |\n")
-      if len(rows) > 40:
-        out.append(f"\n({len(rows) - 40} more rows in the file)\n")
-    out.append("\n")
-  return "".join(out)
+      meta = ", ".join(f"{k}: {_fmt(v)}" for k, v in data.items()
+                       if isinstance(v, (str, int, float, bool)))
+    out += [f"### `benchmarks/results/{f.name}`" + (f" ({meta})" if meta
+                                                     else ""), ""]
+    tables = _tables(data)
+    if not tables:
+      out += ["(no tabular records)", ""]
+    # Short tables (summaries) in full, long ones folded.
+    for name, rows in sorted(tables.items(), key=lambda kv: len(kv[1])):
+      if len(rows) <= 20:
+        out += [f"{name}:", "", *_markdown_table(rows), ""]
+      else:
+        out += [f"<details><summary>{name} ({len(rows)} rows)</summary>", "",
+                *_markdown_table(rows), "", "</details>", ""]
+  return "\n".join(out)
 
 
 def _semantics_text() -> str:
@@ -975,17 +1143,24 @@ def _status_rows() -> list[str]:
     stale = (not patch.is_file() or
              _b64_sha256(patch.read_bytes()) != st.get("patch_sha256"))
     steps = st.get("steps", {})
+    narrowed = steps.get("tests_selected", "all") != "all"
     def t(key):
       s = steps.get(key)
-      return f"pass ({s['seconds']}s)" if isinstance(s, dict) and \
-          "seconds" in s else "not run"
-    seed_p = steps.get("seed_patched", {})
-    seed_r = steps.get("seed_reverted", {})
+      if not isinstance(s, dict) or "seconds" not in s:
+        return "not run"
+      bad = s.get("failures", 0) + s.get("errors", 0)
+      return (f"{s.get('passed', '?')} passed, " +
+              (f"**{bad} failed**, " if bad or s.get("exit") else "") +
+              f"{s.get('skipped', 0)} skipped, "
+              f"{s['seconds']}s" +
+              (f" (PATCH_TESTS={steps['tests_selected']})" if narrowed else ""))
+    def seed(key):
+      s = steps.get(key, {})
+      return f"{s['grad']} / {s['ref']}" if "grad" in s else "-"
     rows.append(
         f"| {st['jax_version']} | `{st['patch']}`{' (stale)' if stale else ''} "
-        f"| {st.get('result', '?')} "
-        f"| {_fmt(seed_p.get('grad', '-'))} / {_fmt(seed_p.get('ref', '-'))} "
-        f"| {_fmt(seed_r.get('grad', '-'))} / {_fmt(seed_r.get('ref', '-'))} "
+        f"| {st.get('result', '?')} | {seed('seed_patched')} "
+        f"| {seed('seed_reverted')} "
         f"| {t('in_jax_tests')} | {t('repo_tests')} "
         f"| {st.get('seconds_total', '-')}s |")
   return rows
@@ -1100,7 +1275,7 @@ def main() -> int:
 
   year = datetime.date.today().year
   pkg_files, pkg_notes, left_out = build_package(year)
-  test_files, test_names, test_notes = build_tests(year)
+  test_files, test_names, test_notes = build_tests(year, left_out)
   hooks = build_hooks(jax_dir)
   changes = {rel: (None, text) for rel, text in pkg_files.items()}
   changes.update({rel: (None, text) for rel, text in test_files.items()})

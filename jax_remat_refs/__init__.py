@@ -8,10 +8,23 @@ from __future__ import annotations
 
 import contextlib
 
+# >>> in-JAX build detection (issue 7). A JAX patched by `make patch` holds this
+# package as jax._src.remat_refs and installs its rules on `import jax`; our
+# submodule names then alias that copy, so the code below reuses JAX's rules
+# instead of installing a second set. The patch's copy leaves this block out.
+import importlib as _importlib, pkgutil as _pkgutil, sys as _sys  # noqa: E401
+_importlib.import_module("jax")
+if "jax._src.remat_refs" in _sys.modules:
+  for _m in _pkgutil.iter_modules(_sys.modules["jax._src.remat_refs"].__path__):
+    _sys.modules[f"{__name__}.{_m.name}"] = globals()[_m.name] = (
+        _importlib.import_module(f"jax._src.remat_refs.{_m.name}"))
+# <<< in-JAX build detection
+
 from jax_remat_refs import _compat
 
 _compat.check_jax_version()
 
+from jax_remat_refs import _remat3  # noqa: E402
 from jax_remat_refs import _rules  # noqa: E402
 from jax_remat_refs._errors import RematRefError  # noqa: E402
 from jax_remat_refs._semantics import MODES, ONCE, REPLAY, FORBID  # noqa: E402
@@ -28,6 +41,7 @@ def activate() -> None:
   """Install the ref-aware remat rules (idempotent)."""
   global _active
   _rules.install(_rules.PATCHED)
+  _remat3.install()
   _active = True
 
 
@@ -35,6 +49,7 @@ def deactivate() -> None:
   """Restore upstream JAX's remat rules (idempotent)."""
   global _active
   _rules.install(_rules.UPSTREAM)
+  _remat3.uninstall()
   _active = False
 
 

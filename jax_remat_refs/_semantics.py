@@ -55,7 +55,8 @@ if _existing is None:
       help=("What jax.remat does with its body's effects on external refs: "
             "'once' (forward pass only), 'replay' (upstream behaviour) or "
             "'forbid' (error). Set by jax_remat_refs."),
-      include_in_jit_key=True)
+      include_in_jit_key=True,
+      include_in_trace_context=True)
 else:  # the module was reloaded: the option is registered already
   ref_effects_default = jax_config._read("jax_remat_ref_effects")  # pragma: no cover
 

