@@ -357,6 +357,39 @@ def strip_version_check(src: str) -> tuple[str, int]:
   return src, n
 
 
+OVERLAY_ONLY_LIST = pathlib.Path(__file__).resolve().parent / "overlay_only.txt"
+
+
+def overlay_only_entries() -> list[str]:
+  if not OVERLAY_ONLY_LIST.is_file():
+    return []
+  return [line.strip() for line in OVERLAY_ONLY_LIST.read_text().splitlines()
+          if line.strip() and not line.lstrip().startswith("#")]
+
+
+def strip_listed(src: str, path: pathlib.Path, entries: list[str]
+                 ) -> tuple[str, list[str]]:
+  """Drops the definitions `entries` ("Class::method", "Class", "function")
+  name; a name not found is an error (the list went stale)."""
+  tree = ast.parse(src, str(path))
+  offsets, cuts = _line_offsets(src), []
+  for entry in entries:
+    scope, node = tree.body, None
+    for name in entry.split("::"):
+      node = next((n for n in scope if isinstance(
+          n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and
+                   n.name == name), None)
+      if node is None:
+        raise BuildError(f"{OVERLAY_ONLY_LIST.name}: {path.name}::{entry} "
+                         "not found; update the list")
+      scope = getattr(node, "body", [])
+    first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+    cuts.append((first, node.end_lineno))
+  for first, last in sorted(cuts, reverse=True):
+    src = _cut(src, offsets[first - 1], offsets[last])
+  return src, list(entries)
+
+
 def _decorator_name(node) -> str:
   while isinstance(node, ast.Call):
     node = node.func
@@ -653,6 +686,13 @@ def build_tests(year: int, left_out: list[str]
     package = name.rpartition(".")[0] if path.name != "__init__.py" else name
     src = path.read_text(encoding="utf-8")
     src, dropped = strip_overlay_only(src, str(path))
+    rel_name = path.relative_to(REPO / "tests").as_posix()
+    listed = [e.partition("::")[2] for e in overlay_only_entries()
+              if e.partition("::")[0] == rel_name]
+    if any(not e for e in listed):
+      continue  # the whole file is overlay-only
+    src, more = strip_listed(src, path, listed)
+    dropped += more
     if dropped:
       notes.append(f"{path.relative_to(REPO)}: left out @{OVERLAY_ONLY} "
                    f"{', '.join(dropped)}")
@@ -873,21 +913,33 @@ def seed_check(tmp, helper, overlay: bool, *, expect_in_jax: bool,
   return got
 
 
-def _pytest(files, *, cwd, env, label, tmp):
-  """Runs pytest; returns seconds and counts (from its JUnit XML)."""
+def _pytest(files, *, cwd, env, label, tmp, plugin=True):
+  """Runs pytest; returns seconds, counts and the ids of failed tests (from
+  its JUnit XML)."""
   t0 = time.perf_counter()
-  log(f"  pytest ({label}): {len(files)} file(s)")
+  targets = [f for f in files if not f.startswith("-")]
+  log(f"  pytest ({label}): {len(targets)} " +
+      ("file(s)" if all(f.endswith(".py") for f in targets) else "test(s)") +
+      (f", {len(files) - len(targets)} deselected" if len(files) > len(targets)
+       else ""))
   xml = pathlib.Path(tempfile.mkstemp(suffix=".xml", dir=tmp)[1])
   r = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-            "-p", "remat_refs_selfcheck_plugin", f"--junitxml={xml}", *files],
-           cwd=cwd, env=env, check=False)
+            *(["-p", "remat_refs_selfcheck_plugin"] if plugin else []),
+            f"--junitxml={xml}", *files], cwd=cwd, env=env, check=False)
   dt = round(time.perf_counter() - t0, 1)
-  counts = {}
+  counts, failed_ids = {}, []
   try:
     root = ElementTree.parse(xml).getroot()
     for suite in ([root] if root.tag == "testsuite" else root.iter("testsuite")):
       for k in ("tests", "failures", "errors", "skipped"):
         counts[k] = counts.get(k, 0) + int(suite.get(k, 0))
+      for case in suite.iter("testcase"):
+        if case.find("failure") is not None or case.find("error") is not None:
+          # classname "tests.test_core.SomeTest" -> tests/test_core.py::SomeTest
+          parts = case.get("classname", "").split(".")
+          if len(parts) >= 2:
+            failed_ids.append("::".join(
+                [f"{parts[0]}/{parts[1]}.py", *parts[2:], case.get("name")]))
   except (OSError, ElementTree.ParseError):
     pass
   counts["passed"] = counts.get("tests", 0) - sum(
@@ -895,7 +947,34 @@ def _pytest(files, *, cwd, env, label, tmp):
   log(f"  ... {label}: exit {r.returncode}, {counts['passed']} passed, "
       f"{counts.get('failures', 0)} failed, {counts.get('errors', 0)} errors, "
       f"{counts.get('skipped', 0)} skipped in {dt}s")
-  return dict(seconds=dt, exit=r.returncode, **counts)
+  return dict(seconds=dt, exit=r.returncode, failed_ids=failed_ids, **counts)
+
+
+def triage(runs, test_names, helper) -> str:
+  """Reruns the tests that failed on the patched JAX with this repo's package
+  on the venv's pristine JAX: failures seen there too are not the patch's."""
+  back = {pathlib.PurePosixPath(v).stem: k for k, v in test_names.items()}
+  ids = []
+  for run in runs:
+    for node in run.get("failed_ids", []):
+      path, _, rest = node.partition("::")
+      stem = pathlib.PurePosixPath(path).stem
+      repo_file = back.get(stem, f"{stem}.py")
+      nid = f"tests/{repo_file}::{rest}"
+      if nid not in ids:
+        ids.append(nid)
+  if not ids:
+    return "no failed test ids to rerun"
+  res = _pytest(ids, cwd=REPO, tmp=helper, plugin=False,
+                label="failed ones again, this repo's package on pristine JAX",
+                env=_env([REPO]))
+  also = set(res["failed_ids"])
+  only_patch = [i for i in ids if i not in also]
+  lines = [f"{len(ids)} failing test(s) on the patched JAX; "
+           f"{len(ids) - len(only_patch)} fail on pristine JAX with the "
+           f"overlay too, {len(only_patch)} only with the patch"]
+  lines += [f"    only with the patch: {i}" for i in only_patch]
+  return "\n".join(lines)
 
 
 def self_check(jax_dir, record, patch_path, changes, test_names) -> dict:
@@ -968,6 +1047,8 @@ def self_check(jax_dir, record, patch_path, changes, test_names) -> dict:
       failed.append(status["steps"]["in_jax_tests"])
     if chosen is not None and "repo" in suites:
       repo = [f"tests/{t}" for t in chosen]
+      repo += [f"--deselect=tests/{e}" for e in overlay_only_entries()
+               if e.partition("::")[0] in chosen]
       status["steps"]["repo_tests"] = dict(
           files=repo, **_pytest(
               repo, cwd=REPO, tmp=helper, label="this repo's tests/ on the "
@@ -976,8 +1057,11 @@ def self_check(jax_dir, record, patch_path, changes, test_names) -> dict:
                   REMAT_REFS_SELFCHECK_ROOT=str(tmp))))
       failed.append(status["steps"]["repo_tests"])
     # Both runs report before a failure stops the build.
-    failed = [f"pytest {' '.join(r['files'])}: exit {r['exit']}"
-              for r in failed if r["exit"] != 0]
+    failed = [r for r in failed if r["exit"] != 0]
+    if failed:
+      status["steps"]["triage"] = triage(failed, test_names, helper)
+      failed = ["tests failed on the patched JAX: " +
+                status["steps"]["triage"]]
 
     _run(revert_cmd, cwd=tmp, env=git_env, capture=True)
     for d in sorted((p for p in tmp.rglob("*") if p.is_dir()), reverse=True):
@@ -1007,7 +1091,7 @@ def self_check(jax_dir, record, patch_path, changes, test_names) -> dict:
     log(f"  reverted JAX + overlay, seed program: grad {got['grad']} ref "
         f"{got['ref']} (same as the patch)")
     if failed:
-      raise BuildError("tests failed on the patched JAX: " + "; ".join(failed))
+      raise BuildError(failed[0])
   finally:
     if keep:
       log(f"  kept {tmp}")

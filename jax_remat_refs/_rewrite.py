@@ -131,7 +131,12 @@ class RefPlan(NamedTuple):
 
 
 def _nbytes(aval) -> int:
-  return int(np.prod(aval.shape, dtype=np.int64)) * np.dtype(aval.dtype).itemsize
+  try:
+    itemsize = np.dtype(aval.dtype).itemsize
+  except TypeError:  # extended dtypes (PRNG keys): count their physical size
+    phys = core.physical_aval(aval)
+    return _nbytes(phys)
+  return int(np.prod(aval.shape, dtype=np.int64)) * itemsize
 
 
 def _accesses_only_at_top_level(jaxpr: core.Jaxpr, ref: core.Var,
