@@ -6,6 +6,9 @@ PYVER := $(shell $(PYTHON) -c 'import sys; print("%d%d" % sys.version_info[:2])'
 VENV ?= .venv-py$(PYVER)
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Extras installed into the venv; CI and `make test` include Flax (its interop
+# tests skip cleanly when it is absent, e.g. EXTRAS=test).
+EXTRAS ?= test,flax
 N ?= 1000
 SEED ?= 0
 
@@ -13,7 +16,7 @@ SEED ?= 0
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VPY) -m pip install -q -e '.[test]'
+	$(VPY) -m pip install -q -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 venv: $(STAMP)
