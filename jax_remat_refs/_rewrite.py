@@ -19,7 +19,10 @@ from jax._src.state.types import AbstractRef, ReadEffect, WriteEffect
 from jax._src.tree_util import tree_structure
 from jax._src.util import weakref_lru_cache
 
+from jax._src.ad_checkpoint import remat_p
+
 from jax_remat_refs import _compat
+from jax_remat_refs import _semantics as sem
 
 get_p = state_primitives.get_p
 swap_p = state_primitives.swap_p
@@ -91,6 +94,23 @@ def _subst_eqn(eqn: core.JaxprEqn, env: dict) -> core.JaxprEqn:
     return eqn
   invars = [env.get(v, v) if isinstance(v, core.Var) else v for v in eqn.invars]
   return eqn.replace(invars=invars, effects=_subst_effects(eqn.effects, env))
+
+
+def _no_replay_on(eqn: core.JaxprEqn, private: set) -> core.JaxprEqn:
+  """A nested remat taking one of our private copies runs in mode "once".
+
+  The private copies stand for the caller's refs, whose effects a "once"
+  remat promises to run once; a nested "replay" remat must not replay them
+  (inside a "once" remat, the whole body is transparent).
+  """
+  policy = eqn.params.get("policy")
+  if (eqn.primitive is not remat_p or
+      not isinstance(policy, sem.RefEffectsPolicy) or
+      policy.mode != sem.REPLAY or
+      not any(_var_in(v, private) for v in eqn.invars)):
+    return eqn
+  once = sem.RefEffectsPolicy(sem.ONCE, policy.base, policy.ref_labels)
+  return eqn.replace(params=dict(eqn.params, policy=once))
 
 
 def _new_ref_eqn(val: core.Var, ref: core.Var) -> core.JaxprEqn:
@@ -243,8 +263,8 @@ def _apply_ref_plan(jaxpr: core.Jaxpr, plan: RefPlan) -> core.Jaxpr:
     env[old] = fresh
     invars[i] = val
   dropped = {jaxpr.invars[i] for i in plan.drop}
-  eqns = [_subst_eqn(e, env) for e in jaxpr.eqns
-          if not (e.invars and _var_in(e.invars[0], dropped))]
+  eqns = [_no_replay_on(_subst_eqn(e, env), set(env.values()))
+          for e in jaxpr.eqns if not (e.invars and _var_in(e.invars[0], dropped))]
   drop = set(plan.drop)
   invars = [*plan.saved_reads, *(v for i, v in enumerate(invars) if i not in drop)]
   new = _finish(jaxpr, invars, jaxpr.outvars, prologue + eqns)
