@@ -37,7 +37,6 @@ from __future__ import annotations
 import functools
 import sys
 import threading
-from typing import Any, Callable
 
 from jax._src import ad_checkpoint as ac
 from jax._src import config as jax_config

@@ -13,6 +13,7 @@ import numpy as np
 
 from jax._src import core
 from jax._src import effects as effects_lib
+from jax._src.interpreters import ad
 from jax._src.interpreters import partial_eval as pe
 from jax._src.state import primitives as state_primitives
 from jax._src.state.types import AbstractRef, ReadEffect, WriteEffect
@@ -143,14 +144,21 @@ class RefPlan(NamedTuple):
     body allocates a private ref from them);
   drop: ref invar positions removed, with every access to them;
   saved_reads: outputs of reads of dropped refs, which become leading invars
-    (residuals: the values the forward pass read).
+    (residuals: the values the forward pass read);
+  keep_real: snapshot positions whose caller ref the body also hands to the
+    backward pass (a `custom_vjp` residual, seen as a `custom_lin` operand):
+    the invar stays the caller's ref, used only by those `custom_lin`
+    equations, and the snapshot becomes a new trailing invar.
   """
   snapshot: tuple[int, ...]
   drop: tuple[int, ...]
   saved_reads: tuple[core.Var, ...]
+  keep_real: tuple[int, ...] = ()
 
 
 def _nbytes(aval) -> int:
+  if not core.is_constant_shape(aval.shape):
+    return np.iinfo(np.int64).max  # symbolic: never cheaper than a snapshot
   try:
     itemsize = np.dtype(aval.dtype).itemsize
   except TypeError:  # extended dtypes (PRNG keys): count their physical size
@@ -207,10 +215,16 @@ def plan_ref_inputs(jaxpr: core.Jaxpr, candidates: tuple[int, ...]) -> RefPlan:
   """
   uses = ref_uses(jaxpr)
   used = _used_vars(jaxpr)
-  snapshot, drop, simple = [], [], {}
+  snapshot, drop, simple, keep_real = [], [], {}, []
   for i in candidates:
     ref = jaxpr.invars[i]
     if uses[i] is RefUse.UNUSED:
+      continue
+    lin, other = _split_custom_lin_uses(jaxpr, ref)
+    if lin:  # the backward pass gets the caller's ref itself
+      if other:
+        snapshot.append(i)
+        keep_real.append(i)
       continue
     if uses[i] is RefUse.WRITE_ONLY:
       drop.append(i)
@@ -231,14 +245,26 @@ def plan_ref_inputs(jaxpr: core.Jaxpr, candidates: tuple[int, ...]) -> RefPlan:
       drop.extend(simple.values())
       break
     snapshot.extend(simple.pop(ref) for ref in costly)
-  return RefPlan(tuple(sorted(snapshot)), tuple(sorted(drop)), tuple(saved))
+  return RefPlan(tuple(sorted(snapshot)), tuple(sorted(drop)), tuple(saved),
+                 tuple(keep_real))
+
+
+def _split_custom_lin_uses(jaxpr: core.Jaxpr, ref: core.Var):
+  """(uses of `ref` by `custom_lin` equations, its other uses)."""
+  lin, other = [], []
+  for eqn in jaxpr.eqns:
+    if any(v is ref for v in eqn.invars):
+      (lin if eqn.primitive is ad.custom_lin_p else other).append(eqn)
+  if any(v is ref for v in jaxpr.outvars):
+    other.append(None)
+  return lin, other
 
 
 def apply_ref_plan(jaxpr: core.Jaxpr, plan: RefPlan) -> core.Jaxpr:
   """Rewrite a rematerializing jaxpr by `plan` (see `RefPlan`).
 
-  Invars become [*plan.saved_reads, *invars] with snapshot positions holding
-  values and dropped positions removed.
+  Invars become [*plan.saved_reads, *invars, *keep_real snapshots], with the
+  other snapshot positions holding values and dropped positions removed.
   """
   return _apply_ref_plan(jaxpr, plan)
 
@@ -255,18 +281,25 @@ def _apply_ref_plan(jaxpr: core.Jaxpr, plan: RefPlan) -> core.Jaxpr:
   env: dict[core.Var, core.Var] = {}
   prologue: list[core.JaxprEqn] = []
   invars = list(jaxpr.invars)
+  trailing = []
   for i in plan.snapshot:
     old = jaxpr.invars[i]
     val = core.Var(old.aval.inner_aval)
     fresh = core.Var(old.aval)
     prologue.append(_new_ref_eqn(val, fresh))
     env[old] = fresh
-    invars[i] = val
+    if i in plan.keep_real:
+      trailing.append(val)
+    else:
+      invars[i] = val
   dropped = {jaxpr.invars[i] for i in plan.drop}
-  eqns = [_no_replay_on(_subst_eqn(e, env), set(env.values()))
+  private = set(env.values())
+  eqns = [e if e.primitive is ad.custom_lin_p else
+          _no_replay_on(_subst_eqn(e, env), private)
           for e in jaxpr.eqns if not (e.invars and _var_in(e.invars[0], dropped))]
   drop = set(plan.drop)
-  invars = [*plan.saved_reads, *(v for i, v in enumerate(invars) if i not in drop)]
+  invars = [*plan.saved_reads, *(v for i, v in enumerate(invars) if i not in drop),
+            *trailing]
   new = _finish(jaxpr, invars, jaxpr.outvars, prologue + eqns)
   if drop:  # what computed the dropped writes' values and indices is dead now
     new, _ = pe.dce_jaxpr(new, [True] * len(new.outvars), instantiate=True)
@@ -332,3 +365,29 @@ def lift_constant_tangent_writes(jaxpr: core.Jaxpr, n_nonlinear: int
   if not added:
     return jaxpr, 0
   return _finish(jaxpr, [*jaxpr.invars, *added], jaxpr.outvars, eqns), len(added)
+
+
+@weakref_lru_cache
+def alias_invars(jaxpr: core.Jaxpr, aliases: tuple[tuple[int, int], ...]
+                 ) -> core.Jaxpr:
+  """For each (j, i) in `aliases`, make the body use invar i where it used
+  invar j (j stays, unused): inputs j and i are the same ref."""
+  env = {jaxpr.invars[j]: jaxpr.invars[i] for j, i in aliases}
+  eqns = [_subst_eqn(e, env) for e in jaxpr.eqns]
+  outvars = [env.get(v, v) if isinstance(v, core.Var) else v
+             for v in jaxpr.outvars]
+  return _finish(jaxpr, jaxpr.invars, outvars, eqns)
+
+
+def ref_aliases(values) -> tuple[tuple[int, int], ...]:
+  """(j, i) pairs, i < j, of positions holding the same ref object (None
+  entries are not refs)."""
+  first: dict[int, int] = {}
+  pairs = []
+  for j, v in enumerate(values):
+    if v is None:
+      continue
+    i = first.setdefault(id(v), j)
+    if i != j:
+      pairs.append((j, i))
+  return tuple(pairs)

@@ -82,6 +82,11 @@ def remat_partial_eval(trace, *tracers, jaxpr, prevent_cse, differentiated,
         trace, *tracers, jaxpr=jaxpr, prevent_cse=prevent_cse,
         differentiated=differentiated, policy=policy)
   assert not jaxpr.constvars
+  # The same ref can arrive twice (e.g. closed over by a custom rule too).
+  aliases = _rewrite.ref_aliases(
+      [t.pval.get_known() if k else None for t, k in zip(tracers, known_refs)])
+  if aliases:
+    jaxpr = _rewrite.alias_invars(jaxpr, aliases)
   jaxpr = _control_flow.discharge_unsupported(jaxpr)
   in_unknowns = [not t.is_known() for t in tracers]
   saveable = sem.unwrap_policy(policy) or ac.nothing_saveable
@@ -131,14 +136,17 @@ def remat_partial_eval(trace, *tracers, jaxpr, prevent_cse, differentiated,
   staged_in = []
   for i, t in enumerate(staged_tracers):
     pos = n_res + i
-    if pos in snapshots:
+    if pos in snapshots and pos not in plan.keep_real:
       staged_in.append(trace.new_instantiated_const(snapshots[pos]))
     elif pos not in plan.drop:
       staged_in.append(trace.instantiate_const(t))
+  staged_in += [trace.new_instantiated_const(snapshots[pos])
+                for pos in plan.keep_real]
   if isinstance(prevent_cse, tuple):
     _, cse_ins = partition_list(used_ins, prevent_cse)
     cse_ins = _drop_positions(cse_ins, [d - n_res for d in plan.drop])
-    prevent_cse = (True,) * (n_saved + n_res) + tuple(cse_ins)
+    prevent_cse = ((True,) * (n_saved + n_res) + tuple(cse_ins) +
+                   (True,) * len(plan.keep_real))
   out_tracers = [pe.JaxprTracer(trace, pe.PartialVal.unknown(v.aval), None)
                  for v in jaxpr_staged.outvars]
   params = dict(jaxpr=jaxpr_staged, prevent_cse=prevent_cse,
@@ -165,7 +173,12 @@ def remat_partial_eval_custom(saveable, unks_in, inst_in, eqn):
                    for u, v in zip(unks_in, eqn.invars)]
   if not any(known_ref_ins) or not _snapshots_apply(policy):
     return upstream(saveable, unks_in, inst_in, eqn)
-  jaxpr = _control_flow.discharge_unsupported(eqn.params["jaxpr"])
+  jaxpr = eqn.params["jaxpr"]
+  aliases = _rewrite.ref_aliases(
+      [v if k else None for v, k in zip(eqn.invars, known_ref_ins)])
+  if aliases:
+    jaxpr = _rewrite.alias_invars(jaxpr, aliases)
+  jaxpr = _control_flow.discharge_unsupported(jaxpr)
   if jaxpr is not eqn.params["jaxpr"]:
     eqn = eqn.replace(params=dict(eqn.params, jaxpr=jaxpr))
   eqn_known, eqn_staged, unks_out, inst_out, res = upstream(
@@ -199,13 +212,18 @@ def remat_partial_eval_custom(saveable, unks_in, inst_in, eqn):
   # The staged equation takes them instead of the refs.
   new_staged = _rewrite.apply_ref_plan(staged_jaxpr, plan)
   invars = list(eqn_staged.invars)
+  trailing = []
   for i, v in zip(plan.snapshot, snap_vars):
-    invars[i] = v
-  invars = [*saved_vars, *_drop_positions(invars, plan.drop)]
+    if i in plan.keep_real:
+      trailing.append(v)
+    else:
+      invars[i] = v
+  invars = [*saved_vars, *_drop_positions(invars, plan.drop), *trailing]
   staged_params = dict(eqn_staged.params, jaxpr=new_staged)
   if isinstance(staged_params["prevent_cse"], tuple):
     staged_params["prevent_cse"] = (True,) * len(saved_vars) + tuple(
-        _drop_positions(staged_params["prevent_cse"], plan.drop))
+        _drop_positions(staged_params["prevent_cse"], plan.drop)) + (
+            (True,) * len(trailing))
   eqn_staged = eqn_staged.replace(
       invars=invars, params=staged_params,
       effects=core.eqn_effects(new_staged, invars))

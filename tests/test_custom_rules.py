@@ -1,7 +1,6 @@
 """jax.custom_vjp / jax.custom_jvp functions that read or write refs inside a
 remat body. Every program is compared with the same program without remat
 (`no_remat` in place of `jax.remat`)."""
-import unittest
 
 from absl.testing import absltest
 import jax
@@ -24,8 +23,6 @@ class CustomVJPRefTest(jtu.JaxTestCase):
     self.assertAllClose(actual, expected)
     return actual
 
-  # CORE BUG (issue 5 report): the rule's closure re-enters the ref as a second, aliased remat input; the staged pass snapshots it at entry and misses the body's write
-  @unittest.expectedFailure
   def test_custom_vjp_reads_closed_over_ref_body_writes_it(self):
     def prog(R):
       s = jax.new_ref(2.)
@@ -45,6 +42,28 @@ class CustomVJPRefTest(jtu.JaxTestCase):
         return y * s[...] + f(x)
       return jax.grad(g)(1.), s[...]
     self.assertSameAsNoRemat(prog)
+
+  def test_custom_vjp_fwd_reads_closed_over_ref_body_writes_it_jit(self):
+    def prog(R):
+      s = jax.new_ref(2.)
+      @jax.custom_vjp
+      def h(x):
+        return x * s[...]
+      def fwd(x):
+        return h(x), s[...]
+      def bwd(sv, g):
+        return (g * sv,)
+      h.defvjp(fwd, bwd)
+      @R
+      def g(x):
+        y = h(x)
+        s[...] = s[...] + 1.
+        return y * s[...] + h(x)
+      return jax.jit(jax.grad(g))(1.), s[...]
+    # d/dx (2x * 3 + 3x) = 9; the ref is incremented once.
+    g, s = self.assertSameAsNoRemat(prog)
+    self.assertAllClose(g, 9.)
+    self.assertAllClose(s, 3.)
 
   def test_custom_vjp_fwd_writes_ref_argument(self):
     def prog(R):
@@ -105,8 +124,6 @@ class CustomVJPRefTest(jtu.JaxTestCase):
       return gr, stash[...]
     self.assertSameAsNoRemat(prog)
 
-  # CORE BUG (issue 5 report): a ref that reaches the backward pass as a custom_vjp residual is replaced by the staged pass's private copy (0.10.2: bwd writes lost; 0.12: ValueError returned ref)
-  @unittest.expectedFailure
   def test_stash_gradient_into_ref_argument(self):
     # The ref reaches the backward rule as a custom_vjp residual; its writes
     # happen in the backward pass and must land in the caller's ref.
@@ -127,8 +144,6 @@ class CustomVJPRefTest(jtu.JaxTestCase):
       return jax.grad(g)(1., stash), stash[...]
     self.assertSameAsNoRemat(prog)
 
-  # CORE BUG (issue 5 report): a ref that reaches the backward pass as a custom_vjp residual is replaced by the staged pass's private copy (0.10.2: bwd writes lost; 0.12: ValueError returned ref)
-  @unittest.expectedFailure
   def test_custom_vjp_residual_ref_read_in_forward_too(self):
     def prog(R):
       @jax.custom_vjp
@@ -177,8 +192,6 @@ class CustomJVPRefTest(jtu.JaxTestCase):
       return jax.grad(g)(1., r), r[...]
     self.assertSameAsNoRemat(prog)
 
-  # CORE BUG (issue 5 report): the rule's closure re-enters the ref as a second, aliased remat input; the staged pass snapshots it at entry and misses the body's write
-  @unittest.expectedFailure
   def test_custom_jvp_rule_reads_closed_over_ref_body_writes_it(self):
     # The jvp rule reads the ref through its Python closure; under remat the
     # JVP of the body then takes the same ref twice (the body's closed-over
