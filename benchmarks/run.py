@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax._src.ad_checkpoint import saved_residuals  # not re-exported publicly
+from jax._src import ad_checkpoint  # saved_residuals is not public
 
 import jax_remat_refs
 
@@ -33,6 +33,8 @@ BATCH = 16
 
 
 def _nbytes(aval):
+  if not hasattr(aval, "dtype") or hasattr(aval, "inner_aval"):
+    return 0  # a ref passed by reference (read-only): no bytes saved
   return int(np.prod(aval.shape)) * np.dtype(aval.dtype).itemsize
 
 
@@ -90,15 +92,17 @@ def mlp_stats(L):
   return with_ref, pure, (ws, x)
 
 
-def stacked_weights(L, outer=False):
+def stacked_weights(L, outer=False, read_only=False):
   """Weights in one stacked ref read by slice, never written; x is
-  differentiated (the weights are state)."""
+  differentiated (the weights are state). With `read_only`, the ref is made
+  by `jax_remat_refs.read_only_ref` (rematerialized from the live ref)."""
+  make_ref = jax_remat_refs.read_only_ref if read_only else jax.new_ref
   ws = jax.random.normal(jax.random.key(0), (L, WIDTH, WIDTH)) / np.sqrt(WIDTH)
   x = jax.random.normal(jax.random.key(1), (BATCH, WIDTH))
 
   def with_ref(rm):
     def loss(x, ws):
-      w_ref = jax.new_ref(ws)
+      w_ref = make_ref(ws)
       def layer(h, i):
         return jnp.tanh(h @ w_ref[i])
       def net(x):
@@ -154,7 +158,7 @@ def measure(loss, args, reps):
   compile_s = time.perf_counter() - t0
   mem = compiled.memory_analysis()
   temp = int(getattr(mem, "temp_size_in_bytes", -1)) if mem is not None else -1
-  res = sum(_nbytes(a) for a, _ in saved_residuals(loss, *args))
+  res = sum(_nbytes(a) for a, _ in ad_checkpoint.saved_residuals(loss, *args))
   out = compiled(*args)
   jax.block_until_ready(out)
   times = []
@@ -201,8 +205,13 @@ def main(argv=None):
   workloads = [("1 seed x1e6", seed_scaled)]
   workloads += [(f"2 scan(remat) stats L={L}", lambda L=L: mlp_stats(L)) for L in Ls]
   workloads += [(f"3 stacked w_ref[i] L={L}", lambda L=L: stacked_weights(L)) for L in Ls]
+  workloads += [(f"3 read-only w_ref[i] L={L}",
+                 lambda L=L: stacked_weights(L, read_only=True)) for L in Ls]
   workloads += [(f"3 remat(scan) w_ref[i] L={L}",
                  lambda L=L: stacked_weights(L, outer=True)) for L in Ls]
+  workloads += [(f"3 remat(scan) read-only L={L}",
+                 lambda L=L: stacked_weights(L, outer=True, read_only=True))
+                for L in Ls]
   workloads += [(f"4 cache write/read L={L}", lambda L=L: cache_like(L)) for L in Ls]
   print(f"jax {jax.__version__}, {platform.machine()}, {os.cpu_count()} cpus, "
         f"{jax.devices()[0].platform}; width {WIDTH}, batch {BATCH}")

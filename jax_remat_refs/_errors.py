@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from jax._src import core
 from jax._src import source_info_util
-from jax._src.state.types import RefEffect
+from jax._src.state.types import AccumEffect, RefEffect, WriteEffect
 
 
 class RematRefError(Exception):
@@ -25,6 +25,14 @@ def describe_input(jaxpr: core.Jaxpr, i: int) -> str:
 def first_access(jaxpr: core.Jaxpr, ref: core.Var) -> str:
   for eqn in jaxpr.eqns:
     if any(isinstance(e, RefEffect) and e.input is ref for e in eqn.effects):
+      return source_info_util.summarize(eqn.source_info)
+  return "unknown location"
+
+
+def first_write(jaxpr: core.Jaxpr, ref: core.Var) -> str:
+  for eqn in jaxpr.eqns:
+    if any(isinstance(e, (WriteEffect, AccumEffect)) and e.input is ref
+           for e in eqn.effects):
       return source_info_util.summarize(eqn.source_info)
   return "unknown location"
 

@@ -17,6 +17,8 @@ from jax._src import ad_checkpoint as ac
 from jax._src import config
 from jax._src import source_info_util
 
+from jax._src.state.types import AbstractRef
+
 from jax_remat_refs import _errors
 
 logger = logging.getLogger("jax_remat_refs")
@@ -75,6 +77,9 @@ def saved_residuals_with_refs(jaxpr, arg_names):
     if m:
       what = m.group("what")
       src = f"snapshot of the {what} taken at remat entry"
+    elif isinstance(aval, AbstractRef):
+      src = ("the ref itself, declared read-only: rematerialized from the live "
+             f"ref, no copy ({src})")
     out.append((aval, src))
   return out
 
@@ -99,9 +104,21 @@ def _order_like_upstream(jaxpr, res):
   return order
 
 
+UPSTREAM_SAVED_RESIDUALS_API = ac.saved_residuals
+
+
+def saved_residuals(f, *args, **kwargs):
+  """`jax.ad_checkpoint.saved_residuals`; read-only refs are residuals by
+  reference, which upstream's returned-ref check would reject here."""
+  with config.mutable_array_checks(False):
+    return UPSTREAM_SAVED_RESIDUALS_API(f, *args, **kwargs)
+
+
 def install():
   ac._saved_residuals = saved_residuals_with_refs
+  ac.saved_residuals = saved_residuals
 
 
 def uninstall():
   ac._saved_residuals = UPSTREAM_SAVED_RESIDUALS
+  ac.saved_residuals = UPSTREAM_SAVED_RESIDUALS_API

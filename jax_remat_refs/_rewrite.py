@@ -33,8 +33,8 @@ _WHOLE_REF_TREE = tree_structure(())  # the indexer tree of `ref[...]`
 
 
 def is_ref(v) -> bool:
-  return isinstance(core.get_aval(v) if not isinstance(v, core.Var) else v.aval,
-                    AbstractRef)
+  aval = v.aval if isinstance(v, (core.Var, core.Literal)) else core.typeof(v)
+  return isinstance(aval, AbstractRef)
 
 
 class RefUse(enum.Enum):
@@ -356,9 +356,7 @@ def lift_constant_tangent_writes(jaxpr: core.Jaxpr, n_nonlinear: int
         not _var_in(eqn.invars[0], nonlinear) and
         (isinstance(eqn.invars[1], core.Literal) or
          _var_in(eqn.invars[1], nonlinear))):
-      fresh = core.Var(core.get_aval(eqn.invars[1].val)
-                       if isinstance(eqn.invars[1], core.Literal)
-                       else eqn.invars[1].aval)
+      fresh = core.Var(eqn.invars[1].aval)
       added.append(fresh)
       eqn = eqn.replace(invars=[eqn.invars[0], fresh, *eqn.invars[2:]])
     eqns.append(eqn)
@@ -391,3 +389,71 @@ def ref_aliases(values) -> tuple[tuple[int, int], ...]:
     if i != j:
       pairs.append((j, i))
   return tuple(pairs)
+
+
+def inline(snippet: core.Jaxpr, args) -> tuple[list[core.JaxprEqn], list]:
+  """The equations of a freshly traced, consts-free `snippet` applied to the
+  atoms `args`, and the atoms holding its outputs."""
+  env = dict(zip(snippet.invars, args))
+  eqns = [_subst_eqn(e, env) for e in snippet.eqns]
+  outs = [env.get(v, v) if isinstance(v, core.Var) else v
+          for v in snippet.outvars]
+  return eqns, outs
+
+
+class ReadOnlyChecks(NamedTuple):
+  """Read-only ref inputs the rematerializing jaxpr keeps (`positions`), and
+  the outputs of their reads (`reads`), each verified against the checksum
+  the forward pass saved; `labels` name the ref of each read."""
+  positions: tuple[int, ...]
+  reads: tuple[core.Var, ...]
+  labels: tuple[str, ...]
+
+
+def plan_read_only_checks(jaxpr: core.Jaxpr, candidates, label
+                          ) -> ReadOnlyChecks:
+  """Among the caller-owned ref inputs at `candidates`, those declared
+  read-only that the body only reads, at top level. (A read-only ref handed
+  to nested control flow is treated like any other ref.)"""
+  from jax_remat_refs import _read_only
+  positions, reads, labels = [], [], []
+  for i in candidates:
+    ref = jaxpr.invars[i]
+    if not _read_only.is_read_only(ref.aval):
+      continue
+    vals = _read_only.checked_reads(jaxpr, ref)
+    if vals is not None:
+      positions.append(i)
+      reads.extend(vals)
+      labels.extend([label(i)] * len(vals))
+  return ReadOnlyChecks(tuple(positions), tuple(reads), tuple(labels))
+
+
+@weakref_lru_cache
+def add_read_only_checks(jaxpr: core.Jaxpr, checks: ReadOnlyChecks
+                         ) -> core.Jaxpr:
+  """After the body, compare each checked read's value with the checksum the
+  forward pass saved (a new trailing invar each); a mismatch raises."""
+  from jax_remat_refs import _read_only
+  saved, epilogue = [], []
+  for x, label in zip(checks.reads, checks.labels):
+    ck = core.Var(_read_only.CHECKSUM_AVAL)
+    eqns, _ = inline(_read_only.verify_jaxpr(x.aval, label), [ck, x])
+    saved.append(ck)
+    epilogue.extend(eqns)
+  return _finish(jaxpr, [*jaxpr.invars, *saved], jaxpr.outvars,
+                 list(jaxpr.eqns) + epilogue)
+
+
+@weakref_lru_cache
+def append_checksums(jaxpr: core.Jaxpr, values: tuple[core.Var, ...]
+                     ) -> core.Jaxpr:
+  """Add outputs holding checksums of `values`."""
+  from jax_remat_refs import _read_only
+  epilogue, outs = [], []
+  for x in values:
+    eqns, (ck,) = inline(_read_only.checksum_jaxpr(x.aval), [x])
+    epilogue.extend(eqns)
+    outs.append(ck)
+  return _finish(jaxpr, jaxpr.invars, [*jaxpr.outvars, *outs],
+                 list(jaxpr.eqns) + epilogue)

@@ -30,6 +30,7 @@ from jax._src.util import merge_lists, partition_list, split_list, weakref_lru_c
 from jax_remat_refs import _compat
 from jax_remat_refs import _control_flow
 from jax_remat_refs import _errors
+from jax_remat_refs import _read_only
 from jax_remat_refs import _report
 from jax_remat_refs import _rewrite
 from jax_remat_refs import _semantics as sem
@@ -58,6 +59,9 @@ def remat_bind(*args, jaxpr, prevent_cse, differentiated, policy):
       policy = policy.with_labels(_report.input_labels(jaxpr))
     if policy.mode == sem.FORBID:
       _errors.raise_forbidden(jaxpr)
+    if policy.mode == sem.ONCE:
+      _read_only.check_not_written(
+          jaxpr, lambda i: _report.snapshot_label(jaxpr, i, policy))
   return UPSTREAM["bind"](*args, jaxpr=jaxpr, prevent_cse=prevent_cse,
                           differentiated=differentiated, policy=policy)
 
@@ -104,23 +108,29 @@ def remat_partial_eval(trace, *tracers, jaxpr, prevent_cse, differentiated,
   staged_tracers = [t for t, u in zip(tracers, used_ins) if u]
   staged_known_refs = [k for k, u in zip(known_refs, used_ins) if u]
   n_res = sum(used_res)
+  orig_index = [i for i, u in enumerate(used_ins) if u]
+  label = lambda i: _report.snapshot_label(jaxpr, orig_index[i - n_res], policy)
   candidates = tuple(n_res + i for i, k in enumerate(staged_known_refs) if k)
+  # Refs declared read-only and only read stay (their reads are checked).
+  checks = _rewrite.plan_read_only_checks(jaxpr_staged, candidates, label)
+  candidates = tuple(i for i in candidates if i not in checks.positions)
+  jaxpr_staged = _rewrite.add_read_only_checks(jaxpr_staged, checks)
   plan = _rewrite.plan_ref_inputs(jaxpr_staged, candidates)
   jaxpr_staged = _rewrite.apply_ref_plan(jaxpr_staged, plan)
-  n_saved = len(plan.saved_reads)
+  n_saved, n_checked = len(plan.saved_reads), len(checks.reads)
 
   # The forward pass: known outputs, then the residuals the staged jaxpr uses,
   # then the saved reads.
-  jaxpr_known = _rewrite.append_outvars(jaxpr_known, plan.saved_reads)
+  jaxpr_known = _rewrite.append_checksums(
+      _rewrite.append_outvars(jaxpr_known, plan.saved_reads), checks.reads)
   keep_known_outs = ([True] * (len(out_unknowns) - sum(out_unknowns)) +
-                     used_res + [True] * n_saved)
+                     used_res + [True] * (n_saved + n_checked))
   jaxpr_known, in_used_known = pe.dce_jaxpr(jaxpr_known, keep_known_outs)
-  jaxpr_known = ac._insert_reduce_precision(jaxpr_known, n_res + n_saved)
+  jaxpr_known = ac._insert_reduce_precision(
+      jaxpr_known, n_res + n_saved + n_checked)
   known_vals = [t.pval.get_known() for t in tracers if t.is_known()]
-  # Snapshots are taken before the forward pass touches the refs.
-  orig_index = [i for i, u in enumerate(used_ins) if u]
-  labels = {i: _report.snapshot_label(jaxpr, orig_index[i - n_res], policy)
-            for i in plan.snapshot}
+  # Snapshots and checksums are taken before the forward pass touches refs.
+  labels = {i: label(i) for i in plan.snapshot}
   snapshots = {}
   for i in plan.snapshot:
     with _report.snapshot_scope(labels[i]):
@@ -128,8 +138,8 @@ def remat_partial_eval(trace, *tracers, jaxpr, prevent_cse, differentiated,
   _report.log_snapshots(list(labels.values()), n_saved)
   _, known_args = partition_list(in_used_known, known_vals)
   outs = core.eval_jaxpr(jaxpr_known, (), *known_args)
-  known_outs, residuals, saved = split_list(
-      outs, [len(outs) - n_res - n_saved, n_res])
+  known_outs, residuals, saved, read_checksums = split_list(
+      outs, [len(outs) - n_res - n_saved - n_checked, n_res, n_saved])
 
   # Stage the rematerialization: saved reads, residuals, snapshots, the rest.
   res_tracers = map(trace.new_instantiated_const, [*saved, *residuals])
@@ -140,13 +150,14 @@ def remat_partial_eval(trace, *tracers, jaxpr, prevent_cse, differentiated,
       staged_in.append(trace.new_instantiated_const(snapshots[pos]))
     elif pos not in plan.drop:
       staged_in.append(trace.instantiate_const(t))
+  staged_in += map(trace.new_instantiated_const, read_checksums)
   staged_in += [trace.new_instantiated_const(snapshots[pos])
                 for pos in plan.keep_real]
   if isinstance(prevent_cse, tuple):
     _, cse_ins = partition_list(used_ins, prevent_cse)
     cse_ins = _drop_positions(cse_ins, [d - n_res for d in plan.drop])
     prevent_cse = ((True,) * (n_saved + n_res) + tuple(cse_ins) +
-                   (True,) * len(plan.keep_real))
+                   (True,) * (len(checks.labels) + len(plan.keep_real)))
   out_tracers = [pe.JaxprTracer(trace, pe.PartialVal.unknown(v.aval), None)
                  for v in jaxpr_staged.outvars]
   params = dict(jaxpr=jaxpr_staged, prevent_cse=prevent_cse,
@@ -190,28 +201,34 @@ def remat_partial_eval_custom(saveable, unks_in, inst_in, eqn):
   _, staged_known_refs = partition_list(inst_in, known_ref_ins)
   candidates = tuple(num_res + i for i, k in enumerate(staged_known_refs) if k)
   staged_jaxpr = eqn_staged.params["jaxpr"]
+  label = lambda i: _report.snapshot_label(
+      jaxpr, eqn.invars.index(eqn_staged.invars[i]), policy)
+  checks = _rewrite.plan_read_only_checks(staged_jaxpr, candidates, label)
+  candidates = tuple(i for i in candidates if i not in checks.positions)
   plan = _rewrite.plan_ref_inputs(staged_jaxpr, candidates)
-  if not (plan.snapshot or plan.drop):
+  if not (plan.snapshot or plan.drop or checks.positions):
     return eqn_known, eqn_staged, unks_out, inst_out, res
+  staged_jaxpr = _rewrite.add_read_only_checks(staged_jaxpr, checks)
 
   # The known equation also returns the snapshots (read at its entry) and the
   # values of the reads the staged equation no longer does.
   known_invars = eqn_known.invars
   known_pos = tuple(known_invars.index(eqn_staged.invars[i]) for i in plan.snapshot)
-  known_jaxpr = _rewrite.append_outvars(
+  known_jaxpr = _rewrite.append_checksums(_rewrite.append_outvars(
       _rewrite.append_entry_reads(eqn_known.params["jaxpr"], known_pos),
-      plan.saved_reads)
+      plan.saved_reads), checks.reads)
   snap_vars = [core.Var(eqn_staged.invars[i].aval.inner_aval)
                for i in plan.snapshot]
   saved_vars = [core.Var(v.aval) for v in plan.saved_reads]
+  ck_vars = [core.Var(_read_only.CHECKSUM_AVAL) for _ in checks.labels]
   eqn_known = eqn_known.replace(
-      outvars=[*eqn_known.outvars, *snap_vars, *saved_vars],
+      outvars=[*eqn_known.outvars, *snap_vars, *saved_vars, *ck_vars],
       params=dict(eqn_known.params, jaxpr=known_jaxpr),
       effects=core.eqn_effects(known_jaxpr, known_invars))
 
   # The staged equation takes them instead of the refs.
   new_staged = _rewrite.apply_ref_plan(staged_jaxpr, plan)
-  invars = list(eqn_staged.invars)
+  invars = [*eqn_staged.invars, *ck_vars]
   trailing = []
   for i, v in zip(plan.snapshot, snap_vars):
     if i in plan.keep_real:
@@ -223,12 +240,12 @@ def remat_partial_eval_custom(saveable, unks_in, inst_in, eqn):
   if isinstance(staged_params["prevent_cse"], tuple):
     staged_params["prevent_cse"] = (True,) * len(saved_vars) + tuple(
         _drop_positions(staged_params["prevent_cse"], plan.drop)) + (
-            (True,) * len(trailing))
+            (True,) * (len(ck_vars) + len(trailing)))
   eqn_staged = eqn_staged.replace(
       invars=invars, params=staged_params,
       effects=core.eqn_effects(new_staged, invars))
   return (eqn_known, eqn_staged, unks_out, inst_out,
-          [*res, *snap_vars, *saved_vars])
+          [*res, *snap_vars, *saved_vars, *ck_vars])
 
 
 # --------------------------------------------------------------------------
