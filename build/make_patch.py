@@ -11,7 +11,10 @@ Run with the interpreter of a venv that has a supported JAX installed:
        jax/_src/ad_checkpoint.py    `_install_ref_aware_remat_rules()` at the end;
        jax/__init__.py              calls it at the very end, once every module
                                     the rules import has been loaded;
-       tests/remat_refs_*_test.py   this repo's tests/test_*.py in JAX's style.
+       tests/remat_refs_*_test.py   this repo's tests/test_*.py in JAX's style
+                                    (helpers they import come along, flattened;
+                                    files needing flax & co. and the tests named
+                                    in build/overlay_only.txt stay out).
   3. Writes build/out/jax-remat-refs-<jax version>.patch (git diff format, paths
      relative to a JAX checkout's root), build/out/tests/ and
      build/out/PR_DESCRIPTION.md.
@@ -20,17 +23,21 @@ Run with the interpreter of a venv that has a supported JAX installed:
        `git apply --check` and `patch --dry-run`; apply with `patch -p1`;
        the seed program with the overlay package blocked from import: the
          right answer (grad 1.0 / ref 2.0, equal to the program without remat);
-       the converted in-JAX tests with the overlay package blocked;
-       this repo's tests/ against the patched JAX (the overlay then only
-         aliases jax._src.remat_refs, see jax_remat_refs/__init__.py);
+       side by side: the converted in-JAX tests with the overlay package
+         blocked, and this repo's tests/ against the patched JAX (the overlay
+         then only aliases jax._src.remat_refs, see jax_remat_refs/__init__.py);
+         logs in build/out/selfcheck-<jax version>/; tests that fail are rerun
+         with the overlay on the venv's pristine JAX to tell whose they are;
        `patch -R`: the copy matches the wheel RECORD again, and the seed
-         program is back to upstream's grad 2.0 / ref 3.0.
+         program is back to upstream's grad 2.0 / ref 3.0 (and with the
+         overlay imported, 1.0 / 2.0 again).
      Results go to build/out/selfcheck-<jax version>.json.
 
 Environment:
   PATCH_TESTS      which tests the self-check runs: "all" (default), "none", or
                    names/globs of tests/test_*.py files separated by commas or
-                   spaces ("smoke", "test_smoke.py", "test_*cond*").
+                   spaces ("smoke", "test_smoke.py", "test_*cond*"); a leading
+                   "-" leaves files out ("-fuzz": all but test_fuzz.py).
   PATCH_SUITES     which runs of those tests: "jax,repo" (default); "jax": the
                    converted tests/remat_refs_*_test.py with this repo's
                    package blocked; "repo": this repo's tests/ on the patched
@@ -53,6 +60,7 @@ import os
 import pathlib
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -189,9 +197,16 @@ class ImportRewriter:
   JAX's tests/ directory (imported by bare name).
   """
 
-  def __init__(self, map_module, package: str | None):
+  def __init__(self, map_module, package: str | None,
+               string_renames: dict[str, str] | None = None):
     self.map_module = map_module
+    # Words to replace inside string literals: the test modules' old names
+    # (a test may match its own file name in an error message's location).
+    self.string_renames = string_renames or {}
     self.package = package  # for resolving relative imports; None: keep them
+    self.used: set[str] = set()  # original names of the modules rewritten
+    self.strings_rewritten = 0
+    self.names_rewritten = 0
 
   def _resolve(self, node: ast.ImportFrom) -> str | None:
     if node.level == 0:
@@ -224,7 +239,43 @@ class ImportRewriter:
       spans.append((start, end))
     if bind != PKG:
       edits += self._rename_package_name(src, spans, bind)
+    edits += self._rewrite_code_in_strings(src)
     return _apply_edits(src, edits)
+
+  # Source code held in string literals (programs a test generates or runs in
+  # a subprocess): its `import jax_remat_refs` / `from jax_remat_refs... import`
+  # lines, and only those, move to the in-JAX package too.
+  _STR_IMPORT_RE = re.compile(
+      r"(^|\n|\\n|[\"'])([ \t]*)import %s(?![\w.])" % PKG)
+  _STR_FROM_RE = re.compile(
+      r"(^|\n|\\n|[\"'])([ \t]*)from %s((?:\.\w+)*) import\b" % PKG)
+
+  def _rewrite_code_in_strings(self, src):
+    edits = []
+    renames = re.compile(r"\b(%s)\b" % "|".join(
+        map(re.escape, self.string_renames))) if self.string_renames else None
+    for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+      if tok.type != tokenize.STRING:
+        continue
+      new = tok.string
+      if renames is not None:
+        new = renames.sub(lambda m: self.string_renames[m[1]], new)
+        if new != tok.string:
+          self.names_rewritten += 1
+      if PKG not in new:
+        if new != tok.string:
+          edits.append((tok.start, tok.end, new))
+        continue
+      before = new
+      new = self._STR_IMPORT_RE.sub(
+          lambda m: f"{m[1]}{m[2]}import {IN_JAX_PKG} as {PKG}", tok.string)
+      new = self._STR_FROM_RE.sub(
+          lambda m: f"{m[1]}{m[2]}from {IN_JAX_PKG}{m[3]} import", new)
+      if new != before:
+        self.strings_rewritten += 1
+      if new != tok.string:
+        edits.append((tok.start, tok.end, new))
+    return edits
 
   def _segment(self, src, lines, node):
     offsets = _line_offsets(src)
@@ -243,11 +294,13 @@ class ImportRewriter:
       if mapped is not None and not mapped[1]:
         # from jax_remat_refs[.x] import ... -> from jax._src.remat_refs[.x] ...
         m = _FROM_RE.match(segment)
+        self.used.add(module)
         return f"from {mapped[0]} import" + segment[m.end():]
       if mapped is not None and mapped[1] and all(
           self.map_module(f"{module}.{a.name}") is None for a in node.names):
         # from tests.helper import f -> from remat_refs_helper import f
         m = _FROM_RE.match(segment)
+        self.used.add(module)
         return f"from {mapped[0]} import" + segment[m.end():]
       # from tests import helper -> import remat_refs_helper as helper
       subs = [(a, self.map_module(f"{module}.{a.name}")) for a in node.names]
@@ -261,6 +314,7 @@ class ImportRewriter:
         if s is None:
           raise BuildError(f"cannot rewrite import mixing modules and other "
                            f"names, split it: {segment!r}")
+        self.used.add(f"{module}.{a.name}")
         if s[1]:
           stmts.append(f"import {s[0]} as {local}")
         else:
@@ -277,7 +331,9 @@ class ImportRewriter:
       if s is None:
         stmts.append(f"import {a.name}" + (f" as {a.asname}" if a.asname
                                            else ""))
-      elif s[1]:  # import tests.helper [as h]
+        continue
+      self.used.add(a.name)
+      if s[1]:  # import tests.helper [as h]
         if a.asname is None:
           raise BuildError(f"import {a.name} without `as` cannot be kept for "
                            "a flattened test helper; use `from ... import`")
@@ -475,7 +531,7 @@ def build_package(year: int):
   """{JAX-root-relative path: new text}, notes, the modules left out."""
   mods, left_out = package_modules()
   excluded = {f"{PKG}.{m}" for m in left_out}
-  files, notes, check_calls = {}, [], 0
+  files, notes, check_calls, in_text = {}, [], 0, []
 
   def map_module(name):
     if name in excluded or any(name.startswith(e + ".") for e in excluded):
@@ -490,19 +546,25 @@ def build_package(year: int):
     src = strip_detection_block(src, str(path))
     src, n = strip_version_check(src)
     check_calls += n
-    src = ImportRewriter(map_module, package=None).rewrite(src, str(path))
+    rewriter = ImportRewriter(map_module, package=None)
+    src = rewriter.rewrite(src, str(path))
+    if rewriter.strings_rewritten:
+      notes.append(f"{path.relative_to(REPO)}: imports of {PKG} inside "
+                   f"{rewriter.strings_rewritten} string(s) rewritten")
     left = leftover_package_names(src)
     if left:
       raise BuildError(f"{path}: still names {PKG} in code at "
                        f"{', '.join(left)} after rewriting; extend "
                        "build/make_patch.py or avoid the dynamic reference")
     if PKG in src:
-      notes.append(f"{path.relative_to(REPO)}: '{PKG}' kept in strings/"
-                   "comments")
+      in_text.append(path.name)
     rel = IN_JAX_DIR + "/" + "/".join(parts) + ".py"
     text = license_header(year) + src
     compile(text, rel, "exec")
     files[rel] = text
+  if in_text:
+    notes.append(f"'{PKG}' still named in strings/comments (messages, docs) "
+                 f"of {', '.join(in_text)}")
   all_text = "".join(files.values())
   if re.search(r"check_jax_version\(\)", all_text.replace(
       "def check_jax_version()", "")):
@@ -661,6 +723,7 @@ def build_tests(year: int, left_out: list[str]
     else:
       sources.append(path)
   todo = [(f"tests.{p.stem}", p) for p in sources]
+  renames = {p.stem: _flat_name(f"tests.{p.stem}") for p in sources}
   seen = set()
 
   def map_module(name):
@@ -675,9 +738,6 @@ def build_tests(year: int, left_out: list[str]
     if f.name == "conftest.py":
       raise BuildError(f"a test imports {name}; conftest.py is not carried "
                        "into JAX's tests/")
-    if name not in seen:
-      seen.add(name)
-      todo.append((name, f))
     return _flat_name(name), True
 
   while todo:
@@ -696,7 +756,21 @@ def build_tests(year: int, left_out: list[str]
     if dropped:
       notes.append(f"{path.relative_to(REPO)}: left out @{OVERLAY_ONLY} "
                    f"{', '.join(dropped)}")
-    src = ImportRewriter(map_module, package=package).rewrite(src, str(path))
+    rewriter = ImportRewriter(map_module, package=package,
+                              string_renames=renames)
+    src = rewriter.rewrite(src, str(path))
+    if rewriter.strings_rewritten:
+      notes.append(f"{path.relative_to(REPO)}: imports of {PKG} inside "
+                   f"{rewriter.strings_rewritten} string(s) (generated or "
+                   "subprocess code) now import jax._src.remat_refs")
+    if rewriter.names_rewritten:
+      notes.append(f"{path.relative_to(REPO)}: test file names inside "
+                   f"{rewriter.names_rewritten} string(s) follow the renaming")
+    for used in sorted(rewriter.used):  # test helpers it imports come along
+      helper = _test_module_file(used)
+      if used.startswith("tests.") and helper and used not in seen:
+        seen.add(used)
+        todo.append((used, helper))
     left = leftover_package_names(src)
     if left:
       raise BuildError(f"{path}: still names {PKG} in code at "
@@ -866,16 +940,21 @@ def selected_tests() -> list[str] | None:
     return tests
   if spec == "none":
     return None
-  chosen = []
-  for item in re.split(r"[,\s]+", spec):
-    if not item:
-      continue
+  items = [i for i in re.split(r"[,\s]+", spec) if i]
+  # Only exclusions ("-fuzz"): everything else.
+  chosen = [] if any(not i.startswith("-") for i in items) else list(tests)
+  for item in items:
+    drop = item.startswith("-")
+    item = item.lstrip("-")
     pats = {item, f"{item}.py", f"test_{item}", f"test_{item}.py",
             item.removeprefix("tests/")}
     hit = [t for t in tests if any(fnmatch.fnmatch(t, p) for p in pats)]
     if not hit:
       raise BuildError(f"PATCH_TESTS: {item!r} matches none of {tests}")
-    chosen += [t for t in hit if t not in chosen]
+    if drop:
+      chosen = [t for t in chosen if t not in hit]
+    else:
+      chosen += [t for t in hit if t not in chosen]
   return chosen
 
 
@@ -913,71 +992,93 @@ def seed_check(tmp, helper, overlay: bool, *, expect_in_jax: bool,
   return got
 
 
-def _pytest(files, *, cwd, env, label, tmp, plugin=True):
-  """Runs pytest; returns seconds, counts and the ids of failed tests (from
-  its JUnit XML)."""
-  t0 = time.perf_counter()
-  targets = [f for f in files if not f.startswith("-")]
-  log(f"  pytest ({label}): {len(targets)} " +
-      ("file(s)" if all(f.endswith(".py") for f in targets) else "test(s)") +
-      (f", {len(files) - len(targets)} deselected" if len(files) > len(targets)
-       else ""))
-  xml = pathlib.Path(tempfile.mkstemp(suffix=".xml", dir=tmp)[1])
-  r = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-            *(["-p", "remat_refs_selfcheck_plugin"] if plugin else []),
-            f"--junitxml={xml}", *files], cwd=cwd, env=env, check=False)
-  dt = round(time.perf_counter() - t0, 1)
-  counts, failed_ids = {}, []
-  try:
-    root = ElementTree.parse(xml).getroot()
-    for suite in ([root] if root.tag == "testsuite" else root.iter("testsuite")):
-      for k in ("tests", "failures", "errors", "skipped"):
-        counts[k] = counts.get(k, 0) + int(suite.get(k, 0))
-      for case in suite.iter("testcase"):
-        if case.find("failure") is not None or case.find("error") is not None:
+class PytestRun:
+  """One pytest process; output to a log file, results from its JUnit XML."""
+
+  def __init__(self, files, *, cwd, env, label, tmp, log_path, plugin=True):
+    self.files, self.label, self.log_path = files, label, log_path
+    targets = [f for f in files if not f.startswith("-")]
+    log(f"  pytest ({label}): {len(targets)} " +
+        ("file(s)" if all(f.endswith(".py") for f in targets) else "test(s)") +
+        (f", {len(files) - len(targets)} deselected"
+         if len(files) > len(targets) else "") +
+        f"; log: {log_path.relative_to(REPO)}")
+    self.xml = pathlib.Path(tempfile.mkstemp(suffix=".xml", dir=tmp)[1])
+    self.t0 = time.perf_counter()
+    self.out = open(log_path, "w", encoding="utf-8")
+    self.proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         *(["-p", "remat_refs_selfcheck_plugin"] if plugin else []),
+         f"--junitxml={self.xml}", *files],
+        cwd=cwd, env=env, stdout=self.out, stderr=subprocess.STDOUT, text=True)
+
+  def result(self) -> dict:
+    code = self.proc.wait()
+    self.out.close()
+    dt = round(time.perf_counter() - self.t0, 1)
+    counts, failed_ids = {}, []
+    try:
+      root = ElementTree.parse(self.xml).getroot()
+      suites = [root] if root.tag == "testsuite" else root.iter("testsuite")
+      for suite in suites:
+        for k in ("tests", "failures", "errors", "skipped"):
+          counts[k] = counts.get(k, 0) + int(suite.get(k, 0))
+        for case in suite.iter("testcase"):
+          if case.find("failure") is None and case.find("error") is None:
+            continue
           # classname "tests.test_core.SomeTest" -> tests/test_core.py::SomeTest
           parts = case.get("classname", "").split(".")
           if len(parts) >= 2:
             failed_ids.append("::".join(
                 [f"{parts[0]}/{parts[1]}.py", *parts[2:], case.get("name")]))
-  except (OSError, ElementTree.ParseError):
-    pass
-  counts["passed"] = counts.get("tests", 0) - sum(
-      counts.get(k, 0) for k in ("failures", "errors", "skipped"))
-  log(f"  ... {label}: exit {r.returncode}, {counts['passed']} passed, "
-      f"{counts.get('failures', 0)} failed, {counts.get('errors', 0)} errors, "
-      f"{counts.get('skipped', 0)} skipped in {dt}s")
-  return dict(seconds=dt, exit=r.returncode, failed_ids=failed_ids, **counts)
+    except (OSError, ElementTree.ParseError):
+      pass
+    counts["passed"] = counts.get("tests", 0) - sum(
+        counts.get(k, 0) for k in ("failures", "errors", "skipped"))
+    tail = self.log_path.read_text(encoding="utf-8").strip().splitlines()
+    log(f"  ... {self.label}: exit {code}, {counts['passed']} passed, "
+        f"{counts.get('failures', 0)} failed, {counts.get('errors', 0)} "
+        f"errors, {counts.get('skipped', 0)} skipped/xfailed in {dt}s")
+    if code != 0:
+      summary = [l for l in tail if l.startswith(("FAILED", "ERROR"))]
+      for line in (summary or tail[-15:])[:30]:
+        log(f"      {line}")
+    return dict(seconds=dt, exit=code, failed_ids=failed_ids,
+                log=str(self.log_path.relative_to(REPO)), **counts)
 
 
-def triage(runs, test_names, helper) -> str:
+def _pytest(files, **kwargs) -> dict:
+  return PytestRun(files, **kwargs).result()
+
+
+def triage(runs, test_names, helper, log_dir) -> str:
   """Reruns the tests that failed on the patched JAX with this repo's package
   on the venv's pristine JAX: failures seen there too are not the patch's."""
   back = {pathlib.PurePosixPath(v).stem: k for k, v in test_names.items()}
-  ids = []
-  for run in runs:
+  where: dict[str, list[str]] = {}  # repo test id -> runs it failed in
+  for key, run in runs:
     for node in run.get("failed_ids", []):
       path, _, rest = node.partition("::")
       stem = pathlib.PurePosixPath(path).stem
-      repo_file = back.get(stem, f"{stem}.py")
-      nid = f"tests/{repo_file}::{rest}"
-      if nid not in ids:
-        ids.append(nid)
-  if not ids:
+      nid = f"tests/{back.get(stem, stem + '.py')}::{rest}"
+      where.setdefault(nid, []).append(key)
+  if not where:
     return "no failed test ids to rerun"
-  res = _pytest(ids, cwd=REPO, tmp=helper, plugin=False,
+  res = _pytest(list(where), cwd=REPO, tmp=helper, plugin=False,
                 label="failed ones again, this repo's package on pristine JAX",
-                env=_env([REPO]))
+                env=_env([REPO]), log_path=log_dir / "triage.log")
   also = set(res["failed_ids"])
-  only_patch = [i for i in ids if i not in also]
-  lines = [f"{len(ids)} failing test(s) on the patched JAX; "
-           f"{len(ids) - len(only_patch)} fail on pristine JAX with the "
-           f"overlay too, {len(only_patch)} only with the patch"]
-  lines += [f"    only with the patch: {i}" for i in only_patch]
+  only_patch = [i for i in where if i not in also]
+  lines = [f"{len(where)} failing test(s) on the patched JAX; "
+           f"{len(where) - len(only_patch)} fail with the overlay on pristine "
+           f"JAX too, {len(only_patch)} only with the patch"]
+  lines += [f"    only with the patch ({', '.join(where[i])}): {i}"
+            for i in only_patch]
   return "\n".join(lines)
 
 
-def self_check(jax_dir, record, patch_path, changes, test_names) -> dict:
+def self_check(jax_dir, record, patch_path, changes, test_names,
+               status_version: str) -> dict:
   status = dict(steps={})
   keep = os.environ.get("PATCH_KEEP_TMP", "") not in ("", "0")
   tmp = pathlib.Path(tempfile.mkdtemp(prefix="jax-remat-refs-patch-"))
@@ -1037,29 +1138,34 @@ def self_check(jax_dir, record, patch_path, changes, test_names) -> dict:
       status["steps"]["tests_selected"] = os.environ.get("PATCH_TESTS", "all")
     in_jax = [f"tests/{test_names[t]}" for t in chosen or ()
               if t in test_names]
+    log_dir = OUT / f"selfcheck-{status_version}"
+    shutil.rmtree(log_dir, ignore_errors=True)
+    log_dir.mkdir(parents=True)
+    runs = {}
+    # The two runs go side by side (separate processes, separate logs).
     if in_jax and "jax" in suites:
-      status["steps"]["in_jax_tests"] = dict(
-          files=in_jax, **_pytest(
-              in_jax, cwd=tmp, tmp=helper, label="tests/remat_refs_*_test.py, "
-              "overlay blocked", env=_env(
-                  [tmp, helper], REMAT_REFS_SELFCHECK="jax-only",
-                  REMAT_REFS_SELFCHECK_ROOT=str(tmp))))
-      failed.append(status["steps"]["in_jax_tests"])
+      runs["in_jax_tests"] = PytestRun(
+          in_jax, cwd=tmp, tmp=helper, log_path=log_dir / "in_jax_tests.log",
+          label="JAX's tests/remat_refs_*_test.py, overlay blocked",
+          env=_env([tmp, helper], REMAT_REFS_SELFCHECK="jax-only",
+                   REMAT_REFS_SELFCHECK_ROOT=str(tmp)))
     if chosen is not None and "repo" in suites:
       repo = [f"tests/{t}" for t in chosen]
       repo += [f"--deselect=tests/{e}" for e in overlay_only_entries()
                if e.partition("::")[0] in chosen]
-      status["steps"]["repo_tests"] = dict(
-          files=repo, **_pytest(
-              repo, cwd=REPO, tmp=helper, label="this repo's tests/ on the "
-              "patched JAX", env=_env(
-                  [tmp, helper, REPO], REMAT_REFS_SELFCHECK="overlay",
-                  REMAT_REFS_SELFCHECK_ROOT=str(tmp))))
-      failed.append(status["steps"]["repo_tests"])
+      runs["repo_tests"] = PytestRun(
+          repo, cwd=REPO, tmp=helper, log_path=log_dir / "repo_tests.log",
+          label="this repo's tests/ on the patched JAX",
+          env=_env([tmp, helper, REPO], REMAT_REFS_SELFCHECK="overlay",
+                   REMAT_REFS_SELFCHECK_ROOT=str(tmp)))
+    status["steps"]["overlay_only"] = overlay_only_entries()
+    for key, run in runs.items():
+      status["steps"][key] = dict(files=run.files, **run.result())
+      failed.append((key, status["steps"][key]))
     # Both runs report before a failure stops the build.
-    failed = [r for r in failed if r["exit"] != 0]
+    failed = [(k, r) for k, r in failed if r["exit"] != 0]
     if failed:
-      status["steps"]["triage"] = triage(failed, test_names, helper)
+      status["steps"]["triage"] = triage(failed, test_names, helper, log_dir)
       failed = ["tests failed on the patched JAX: " +
                 status["steps"]["triage"]]
 
@@ -1093,6 +1199,10 @@ def self_check(jax_dir, record, patch_path, changes, test_names) -> dict:
     if failed:
       raise BuildError(failed[0])
   finally:
+    for run in locals().get("runs", {}).values():
+      if run.proc.poll() is None:  # interrupted: stop what this started
+        run.proc.kill()
+        run.proc.wait()
     if keep:
       log(f"  kept {tmp}")
     else:
@@ -1250,7 +1360,8 @@ def _status_rows() -> list[str]:
   return rows
 
 
-def write_pr_description(version, pkg_files, test_files, left_out):
+def write_pr_description(version, pkg_files, test_files, left_out,
+                         test_notes=()):
   seed_src = textwrap.dedent("""\
       x_ref = jax.new_ref(1.)
 
@@ -1318,6 +1429,9 @@ def write_pr_description(version, pkg_files, test_files, left_out):
   if left_out:
     lines += ["", "Left out of the patch (demo/integration only): " +
               ", ".join(f"`{PKG}.{m}`" for m in left_out) + "."]
+  if test_notes:
+    lines += ["", "Tests as carried over (from the out-of-tree repo's tests/):",
+              ""] + [f"- {n}" for n in test_notes]
   lines += [
       "",
       "## Validation",
@@ -1394,11 +1508,14 @@ def main() -> int:
   if os.environ.get("PATCH_SELFCHECK", "1") == "0":
     status.update(result="not run (PATCH_SELFCHECK=0)")
     status_path.write_text(json.dumps(status, indent=1))
-    write_pr_description(version, pkg_files, test_files, left_out)
+    write_pr_description(version, pkg_files, test_files, left_out,
+                         test_notes)
     return 0
   log("self-check:")
+  status["result"] = "interrupted"
   try:
-    status.update(self_check(jax_dir, record, patch_path, changes, test_names))
+    status.update(self_check(jax_dir, record, patch_path, changes, test_names,
+                             version))
     status["result"] = "pass"
   except BuildError as e:
     status["result"] = f"FAIL: {str(e).splitlines()[0]}"
@@ -1409,13 +1526,20 @@ def main() -> int:
     if after:  # nothing here writes to it; say so if something else did
       status["result"] = f"FAIL: installed jax changed: {after[0]}"
     status_path.write_text(json.dumps(status, indent=1))
-    write_pr_description(version, pkg_files, test_files, left_out)
+    write_pr_description(version, pkg_files, test_files, left_out,
+                         test_notes)
   log(f"ok: jax {version}, {status['seconds_total']}s; see "
       f"{(OUT / 'PR_DESCRIPTION.md').relative_to(REPO)}")
   return 0 if not after else 1
 
 
 if __name__ == "__main__":
+  # SIGTERM (e.g. a killed `make`) unwinds like Ctrl-C: the test processes
+  # this started are stopped and the temporary tree removed.
+  def _on_term(*_):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a 2nd one: let cleanup end
+    sys.exit(143)
+  signal.signal(signal.SIGTERM, _on_term)
   try:
     sys.exit(main())
   except BuildError as e:

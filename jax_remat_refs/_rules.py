@@ -19,6 +19,7 @@ from __future__ import annotations
 from jax._src import ad_checkpoint as ac
 from jax._src import ad_util
 from jax._src import core
+from jax._src import effects as effects_lib
 from jax._src import linear_util as lu
 from jax._src import source_info_util
 from jax._src.interpreters import ad
@@ -79,13 +80,13 @@ def _drop_positions(seq, drop):
 
 def remat_partial_eval(trace, *tracers, jaxpr, prevent_cse, differentiated,
                        policy):
-  known_refs = [t.is_known() and _rewrite.is_ref(v)
-                for t, v in zip(tracers, jaxpr.invars)]
-  if not any(known_refs) or not _snapshots_apply(policy):
+  if not _rewrite.touches_input_refs(jaxpr):
     return UPSTREAM["partial_eval"](
         trace, *tracers, jaxpr=jaxpr, prevent_cse=prevent_cse,
         differentiated=differentiated, policy=policy)
   assert not jaxpr.constvars
+  known_refs = [t.is_known() and _rewrite.is_ref(v) and _snapshots_apply(policy)
+                for t, v in zip(tracers, jaxpr.invars)]
   # The same ref can arrive twice (e.g. closed over by a custom rule too).
   aliases = _rewrite.ref_aliases(
       [t.pval.get_known() if k else None for t, k in zip(tracers, known_refs)])
@@ -162,11 +163,17 @@ def remat_partial_eval(trace, *tracers, jaxpr, prevent_cse, differentiated,
                  for v in jaxpr_staged.outvars]
   params = dict(jaxpr=jaxpr_staged, prevent_cse=prevent_cse,
                 differentiated=True, policy=policy)
+  staged_effects = core.positional_effects(jaxpr_staged)
   recipe = pe.new_eqn_recipe(
       trace, [*res_tracers, *staged_in], out_tracers, remat_p, params,
-      core.positional_effects(jaxpr_staged), source_info_util.current())
+      staged_effects, source_info_util.current())
   for t in out_tracers:
     t.recipe = recipe
+  if effects_lib.partial_eval_kept_effects.filter_in(staged_effects):
+    # Keep the equation even if none of its outputs is used (upstream's rule
+    # loses an output-less remat's effects on refs the caller passes in).
+    trace.effect_handles.append(pe.EffectHandle([*res_tracers, *staged_in],
+                                                recipe))
   return merge_lists(out_unknowns, known_outs, out_tracers)
 
 

@@ -37,6 +37,24 @@ class VmapRematRefTest(jtu.JaxTestCase):
               jax.vmap(jax.grad(f, argnums=(0, 1)))(ys, xs))
     self.assertSameAsNoRemat(prog)
 
+  def test_batched_ref_closed_over_by_remat_inside_vmapped_function(self):
+    def prog(R):
+      def f(y, x):
+        r = jax.new_ref(x)            # batched: made from a vmapped value
+        @R
+        def g(y):
+          out = jnp.sin(y) * r[...]
+          r[...] = r[...] * y         # batched write into a batched ref
+          return out
+        out = g(y)
+        return out * r[...]
+      ys, xs = jnp.arange(3.) / 3, jnp.arange(3.) + 1.
+      return (jax.vmap(f)(ys, xs),
+              jax.vmap(jax.grad(f, argnums=(0, 1)))(ys, xs),
+              jax.grad(lambda ys, xs: jax.vmap(f)(ys, xs).sum(),
+                       argnums=(0, 1))(ys, xs))
+    self.assertSameAsNoRemat(prog)
+
   def test_batched_ref_passed_with_in_axes_zero(self):
     def prog(R):
       @R

@@ -199,25 +199,13 @@ class Program:
   outputs: list         # names
   jit: bool             # jax.jit around the whole function
   jit_grad: bool        # also run jax.jit(jax.grad(...)) as a mode
+  modes: Optional[tuple] = None  # run only these modes (set when minimizing)
+
+  def all_modes(self):
+    return ("primal", "vjp") + (("jit_grad",) if self.jit_grad else ())
 
   def copy(self):
     return copy.deepcopy(self)
-
-  def statements(self):
-    """All statement lists (for the minimizer), outermost first."""
-    found = []
-
-    def walk(body):
-      found.append(body)
-      for s in body:
-        for c in s.children():
-          walk(c)
-    walk(self.body)
-    return found
-
-  def remats(self):
-    return [s for body in self.statements() for s in body
-            if isinstance(s, Remat)]
 
   def source(self) -> str:
     closed = [r.name for r in self.refs if r.passing == "closure"]
@@ -259,7 +247,8 @@ class Program:
         _array_src(v, "float32") + ", " for _, v in self.inputs) + ")")
     out.append(f"CLOSED_REFS = {tuple(closed)!r}")
     out.append(f"ARG_REFS = {tuple(args)!r}")
-    out.append(f"MODES = {('primal', 'vjp') + (('jit_grad',) if self.jit_grad else ())!r}")
+    modes = self.all_modes() if self.modes is None else self.modes
+    out.append(f"MODES = {tuple(modes)!r}")
     out += HARNESS.splitlines()
     return "\n".join(out) + "\n"
 
@@ -331,6 +320,7 @@ class Val:
   name: str
   shape: tuple
   bound: float
+  diff: bool = False    # may carry a gradient (under-approximated: safe)
 
 
 @dataclasses.dataclass
@@ -339,6 +329,7 @@ class RefV:
   shape: tuple
   dtype: str            # "float32" | "int32"
   external: bool
+  diff: bool = False    # created from a differentiated value
 
 
 class Scope:
@@ -439,8 +430,8 @@ class Generator:
     e = f"{src} % {n}"
     return e, e, ()
 
-  def add_val(self, scope, shape, bound):
-    v = Val(self.fresh("v"), shape, bound)
+  def add_val(self, scope, shape, bound, diff=False):
+    v = Val(self.fresh("v"), shape, bound, diff)
     scope.vals.append(v)
     return v
 
@@ -452,7 +443,7 @@ class Generator:
       return None
     r = self.rng.choice(refs)
     idx, _, shape = self.pick_index(scope, r)
-    v = self.add_val(scope, shape, REF_BOUND)
+    v = self.add_val(scope, shape, REF_BOUND, r.diff)
     return [Line(f"{v.name} = {r.name}[{idx}]")]
 
   def s_read_int(self, scope):
@@ -467,7 +458,7 @@ class Generator:
   def s_unary(self, scope):
     a = self.pick_val(scope)
     fn = self.rng.choice(("jnp.sin", "jnp.cos", "jnp.tanh"))
-    v = self.add_val(scope, a.shape, 1.0)
+    v = self.add_val(scope, a.shape, 1.0, a.diff)
     return [Line(f"{v.name} = {fn}({a.name})")]
 
   def s_binary(self, scope):
@@ -477,7 +468,7 @@ class Generator:
     op = self.rng.choice(("+", "-", "*", "*"))
     bound = a.bound * bb if op == "*" else a.bound + bb
     expr, bound = self.squash(f"{a.name} {op} {bex}", bound)
-    v = self.add_val(scope, a.shape, bound)
+    v = self.add_val(scope, a.shape, bound, a.diff or b.diff)
     return [Line(f"{v.name} = {expr}")]
 
   def s_dot(self, scope):
@@ -489,7 +480,7 @@ class Generator:
     bex, bb = self.adapt(b, a.shape)
     expr, bound = self.squash(f"jnp.dot({a.name}, {bex})",
                               a.bound * bb * a.shape[0])
-    v = self.add_val(scope, (), bound)
+    v = self.add_val(scope, (), bound, a.diff or b.diff)
     return [Line(f"{v.name} = {expr}")]
 
   def s_where(self, scope):
@@ -498,7 +489,7 @@ class Generator:
     c = self.pick_val(scope)
     bex, bb = self.adapt(b, a.shape)
     cex, _ = self.adapt(c, a.shape)
-    v = self.add_val(scope, a.shape, max(a.bound, bb))
+    v = self.add_val(scope, a.shape, max(a.bound, bb), a.diff or b.diff)
     return [Line(f"{v.name} = jnp.where({cex} > 0, {a.name}, {bex})")]
 
   def s_sum(self, scope):
@@ -507,7 +498,7 @@ class Generator:
       return None
     a = self.rng.choice(vecs)
     expr, bound = self.squash(f"jnp.sum({a.name})", a.bound * a.shape[0])
-    v = self.add_val(scope, (), bound)
+    v = self.add_val(scope, (), bound, a.diff)
     return [Line(f"{v.name} = {expr}")]
 
   def s_name(self, scope):
@@ -517,7 +508,7 @@ class Generator:
     else:
       nm = self.fresh("n")
       self.ckpt_names.append(nm)
-    v = self.add_val(scope, a.shape, a.bound)
+    v = self.add_val(scope, a.shape, a.bound, a.diff)
     return [Line(f"{v.name} = checkpoint_name({a.name}, {nm!r})")]
 
   def s_stop(self, scope):
@@ -532,10 +523,14 @@ class Generator:
     return [Line(f"jax.debug.callback(_cb, {self.pick_val(scope).name})")]
 
   def _write_value(self, scope, ref, shape):
-    ex, b = self.adapt(self.pick_val(scope), shape)
+    v = self.pick_val(scope)
+    ex, b = self.adapt(v, shape)
     if b > WRITE_BOUND:
       ex = f"{self.rng.choice(('jnp.tanh', 'jnp.sin'))}({ex})"
-    if ref.external or self.rng.random() < 0.15:
+    # Refs that are not differentiated (external ones, and internal ones made
+    # from values without gradients) only take values without gradients.
+    if (ref.external or (v.diff and not ref.diff)
+        or self.rng.random() < 0.15):
       ex = f"lax.stop_gradient({ex})"
     return ex
 
@@ -554,7 +549,7 @@ class Generator:
       return [Line(f"{r.name}[{idx}] += {val}")]
     if kind == "addupdate":
       return [Line(f"jax.ref.addupdate({r.name}, {idx_obj}, {val})")]
-    v = self.add_val(scope, shape, REF_BOUND)
+    v = self.add_val(scope, shape, REF_BOUND, r.diff)
     return [Line(f"{v.name} = jax.ref.swap({r.name}, {idx_obj}, {val})")]
 
   def s_write_int(self, scope):
@@ -580,10 +575,11 @@ class Generator:
   def s_new_ref(self, scope):
     n = self.n
     shape = self.rng.choice(((), (n,)))
-    ex, b = self.adapt(self.pick_val(scope), shape)
+    v = self.pick_val(scope)
+    ex, b = self.adapt(v, shape)
     if b > WRITE_BOUND:
       ex = f"jnp.tanh({ex})"
-    q = RefV(self.fresh("q"), shape, "float32", external=False)
+    q = RefV(self.fresh("q"), shape, "float32", external=False, diff=v.diff)
     scope.refs.append(q)
     return [Line(f"{q.name} = jax.new_ref({ex})")]
 
@@ -612,7 +608,7 @@ class Generator:
     for _ in range(k):
       pool = new if new and self.rng.random() < 0.85 else inner.vals
       rets.append(self.rng.choice(pool))
-    outs = [self.add_val(scope, v.shape, v.bound) for v in rets]
+    outs = [self.add_val(scope, v.shape, v.bound, v.diff) for v in rets]
     policy = self.rng.choice(POLICIES)
     if policy == "names":
       pool = self.ckpt_names or ["n0"]
@@ -645,14 +641,15 @@ class Generator:
       body = self.gen_body(inner, self.rng.randint(1, 4))
       rets = []
       for s in shapes:
-        ex, b = self.adapt(self.pick_val(inner, prefer_new=0.8), s)
-        rets.append((ex, b))
+        v = self.pick_val(inner, prefer_new=0.8)
+        ex, b = self.adapt(v, s)
+        rets.append((ex, b, v.diff))
       branches.append((body, rets))
-    outs = [self.add_val(scope, s, max(branches[0][1][i][1], branches[1][1][i][1]))
-            for i, s in enumerate(shapes)]
     (tb, tr), (fb, fr) = branches
-    return [Cond(name, pred, [v.name for v in operands], tb, [e for e, _ in tr],
-                 fb, [e for e, _ in fr], [v.name for v in outs])]
+    outs = [self.add_val(scope, s, max(tr[i][1], fr[i][1]), tr[i][2] and fr[i][2])
+            for i, s in enumerate(shapes)]
+    return [Cond(name, pred, [v.name for v in operands], tb, [r[0] for r in tr],
+                 fb, [r[0] for r in fr], [v.name for v in outs])]
 
   def _carry_update(self, inner, c):
     ex, _ = self.adapt(self.pick_val(inner, prefer_new=0.8), c.shape)
@@ -671,7 +668,7 @@ class Generator:
     inner.idx.append(index)
     body = self.gen_body(inner, self.rng.randint(1, 4))
     rets = [self._carry_update(inner, c) for c in carry]
-    outs = [self.add_val(scope, c.shape, max(c.bound, 1.0)) for c in carry]
+    outs = [self.add_val(scope, c.shape, max(c.bound, 1.0), c.diff) for c in carry]
     return [Fori(name, index, self.rng.randint(1, 3), [c.name for c in carry],
                  body, rets, [v.name for v in outs])]
 
@@ -691,7 +688,7 @@ class Generator:
     if kind == "vals":
       src = self.rng.choice(vecs)
       xs, length = src.name, src.shape[0]
-      inner.vals.append(Val(xname, (), src.bound))
+      inner.vals.append(Val(xname, (), src.bound, src.diff))
     elif kind == "arange":
       xs = f"jnp.arange({length}, dtype=jnp.int32)"
       inner.idx.append(xname)
@@ -699,7 +696,7 @@ class Generator:
     rets = [self._carry_update(inner, c) for c in carry]
     yex, yb = self.adapt(self.pick_val(inner, prefer_new=0.8), ())
     yex, yb = self.squash(yex, yb)
-    outs = [self.add_val(scope, c.shape, max(c.bound, 1.0)) for c in carry]
+    outs = [self.add_val(scope, c.shape, max(c.bound, 1.0), c.diff) for c in carry]
     ys = self.add_val(scope, (length,), yb)
     return [Scan(name, xname, xs, length, [c.name for c in carry], body, rets,
                  yex, [v.name for v in outs], ys.name)]
@@ -740,7 +737,7 @@ class Generator:
     inputs = []
     for _ in range(rng.randint(1, 3)):
       shape = rng.choice(((), (n,)))
-      v = self.add_val(top, shape, 1.5)
+      v = self.add_val(top, shape, 1.5, diff=True)
       v.name = self.fresh("x")
       inputs.append((v.name, self.rand_values(shape)))
     refs = []

@@ -123,7 +123,9 @@ def check_source(source: str, tag: str = "fuzz") -> Outcome:
         got = runner(True)
       except Exception as e:
         kind = "error"
-        details.append(f"[{mode}] remat raised (oracle did not):\n{_short_exc(e)}")
+        msg = str(e).splitlines()[0][:200] if str(e) else ""
+        details.append(f"[{mode}] remat raised (oracle did not): "
+                       f"{type(e).__name__}: {msg}\n{_short_exc(e)}")
         continue
       compared += 1
       diffs = compare(mode, expected, got)
