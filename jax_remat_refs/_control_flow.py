@@ -2,7 +2,8 @@
 
 JAX's partial-eval rule for `cond` rejects branches with ref effects
 ("State effect not supported in cond partial-eval"). Inside a remat body we
-rewrite such a `cond` into value form before partial evaluation: read the refs
+rewrite such a `cond` (at any depth: also inside loop bodies) into value form
+before partial evaluation: read the refs
 it touches, run the discharged `cond` (refs in as values, new contents out),
 and write back the refs it writes. The program means the same thing, and
 both the forward and the rematerializing pass can be split as pure code.
@@ -34,13 +35,41 @@ def _needs_discharge(eqn: core.JaxprEqn) -> bool:
 
 @weakref_lru_cache
 def discharge_unsupported(jaxpr: core.Jaxpr) -> core.Jaxpr:
-  """`jaxpr` with every ref-effectful `cond` put into value form."""
-  if not any(_needs_discharge(e) for e in jaxpr.eqns):
-    return jaxpr
+  """`jaxpr` with every ref-effectful `cond` put into value form, also inside
+  the bodies of loops and other equations with jaxpr parameters."""
   eqns: list[core.JaxprEqn] = []
+  changed = False
   for eqn in jaxpr.eqns:
-    eqns.extend(_discharge_eqn(eqn) if _needs_discharge(eqn) else [eqn])
+    if _needs_discharge(eqn):
+      eqns.extend(_discharge_eqn(eqn))
+      changed = True
+      continue
+    new = _discharge_in_params(eqn)
+    changed |= new is not eqn
+    eqns.append(new)
+  if not changed:
+    return jaxpr
   return _rewrite._finish(jaxpr, jaxpr.invars, jaxpr.outvars, eqns)
+
+
+def _discharge_in_params(eqn: core.JaxprEqn) -> core.JaxprEqn:
+  """`eqn` with `discharge_unsupported` applied to its jaxpr parameters (the
+  bodies of scan/while/jit/remat). The rewrite keeps each body's inputs,
+  outputs and effects, so the equation stays valid as it is."""
+  if not any(isinstance(e, RefEffect) for e in eqn.effects):
+    return eqn
+  params = {}
+  for name, val in eqn.params.items():
+    if isinstance(val, core.Jaxpr):
+      new = discharge_unsupported(val)
+    elif hasattr(core, "ClosedJaxpr") and isinstance(val, core.ClosedJaxpr):
+      new_inner = discharge_unsupported(val.jaxpr)
+      new = val if new_inner is val.jaxpr else val.replace(jaxpr=new_inner)
+    else:
+      continue
+    if new is not val:
+      params[name] = new
+  return eqn.replace(params={**eqn.params, **params}) if params else eqn
 
 
 def _discharge_eqn(eqn: core.JaxprEqn) -> list[core.JaxprEqn]:

@@ -16,7 +16,7 @@ from jax._src import effects as effects_lib
 from jax._src.interpreters import ad
 from jax._src.interpreters import partial_eval as pe
 from jax._src.state import primitives as state_primitives
-from jax._src.state.types import AbstractRef, ReadEffect, WriteEffect
+from jax._src.state.types import AbstractRef, AccumEffect, ReadEffect, WriteEffect
 from jax._src.tree_util import tree_structure
 from jax._src.util import weakref_lru_cache
 
@@ -457,3 +457,10 @@ def append_checksums(jaxpr: core.Jaxpr, values: tuple[core.Var, ...]
     outs.append(ck)
   return _finish(jaxpr, jaxpr.invars, [*jaxpr.outvars, *outs],
                  list(jaxpr.eqns) + epilogue)
+
+
+def writes(jaxpr: core.Jaxpr) -> set:
+  """The vars of the refs `jaxpr` writes or accumulates into."""
+  return {e.input for e in jaxpr.effects
+          if isinstance(e, (WriteEffect, AccumEffect)) and
+          isinstance(e.input, core.Var)}

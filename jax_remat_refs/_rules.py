@@ -99,6 +99,8 @@ def remat_partial_eval(trace, *tracers, jaxpr, prevent_cse, differentiated,
       pe.partial_eval_jaxpr_custom(jaxpr, in_unknowns, [True] * len(tracers),
                                    False, False, saveable)
 
+  known_refs = _keep_lost_writes(jaxpr, jaxpr_known, known_refs)
+
   # The rematerializing jaxpr computes only the unknown outputs.
   _, out_inst_unknown = partition_list(out_inst, out_unknowns)
   jaxpr_staged, in_used_staged = pe.dce_jaxpr(jaxpr_staged, out_inst_unknown)
@@ -143,7 +145,7 @@ def remat_partial_eval(trace, *tracers, jaxpr, prevent_cse, differentiated,
       outs, [len(outs) - n_res - n_saved - n_checked, n_res, n_saved])
 
   # Stage the rematerialization: saved reads, residuals, snapshots, the rest.
-  res_tracers = map(trace.new_instantiated_const, [*saved, *residuals])
+  res_tracers = [trace.new_instantiated_const(r) for r in [*saved, *residuals]]
   staged_in = []
   for i, t in enumerate(staged_tracers):
     pos = n_res + i
@@ -175,6 +177,16 @@ def remat_partial_eval(trace, *tracers, jaxpr, prevent_cse, differentiated,
     trace.effect_handles.append(pe.EffectHandle([*res_tracers, *staged_in],
                                                 recipe))
   return merge_lists(out_unknowns, known_outs, out_tracers)
+
+
+def _keep_lost_writes(jaxpr, jaxpr_known, known_refs):
+  """Drop from `known_refs` the refs whose writes the forward (known) jaxpr
+  lost. (JAX 0.10.2's partial evaluation of a loop nested in a loop keeps a
+  write only in the staged part.) Such a ref stays real in the
+  rematerialization, where its writes then happen, once."""
+  written, kept = _rewrite.writes(jaxpr), _rewrite.writes(jaxpr_known)
+  return [k and not (v in written and v not in kept)
+          for k, v in zip(known_refs, jaxpr.invars)]
 
 
 def _read_whole(ref):
