@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from jax._src import core
 from jax._src.lax.control_flow.conditionals import cond_p
-from jax._src.state.types import (AbstractRef, AccumEffect, RefEffect,
-                                  WriteEffect)
+from jax._src.state.types import AbstractRef, RefEffect
 from jax._src.util import weakref_lru_cache
 
 from jax_remat_refs import _compat
@@ -23,14 +22,9 @@ from jax_remat_refs import _rewrite
 _DISCHARGED_PRIMITIVES = (cond_p,)
 
 
-def _ref_effect_inputs(eqn: core.JaxprEqn, kinds=(RefEffect,)) -> set:
-  return {e.input for e in eqn.effects
-          if isinstance(e, kinds) and isinstance(e.input, core.Var)}
-
-
 def _needs_discharge(eqn: core.JaxprEqn) -> bool:
   return (eqn.primitive in _DISCHARGED_PRIMITIVES and
-          bool(_ref_effect_inputs(eqn)))
+          bool(_rewrite.ref_effect_inputs(eqn.effects)))
 
 
 @weakref_lru_cache
@@ -80,7 +74,7 @@ def _discharge_eqn(eqn: core.JaxprEqn) -> list[core.JaxprEqn]:
                       _rewrite.pe.make_jaxpr_effects([], ins, eqn.outvars, [eqn]))
   discharged, consts = _compat.discharge_state(single, is_ref)
   assert not consts and not discharged.constvars
-  written = _ref_effect_inputs(eqn, (WriteEffect, AccumEffect))
+  written = _rewrite.ref_effect_inputs(eqn.effects, _rewrite.WRITE_KINDS)
 
   out: list[core.JaxprEqn] = []
   env: dict = {}

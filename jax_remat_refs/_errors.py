@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from jax._src import core
 from jax._src import source_info_util
-from jax._src.state.types import AccumEffect, RefEffect, WriteEffect
+from jax._src.state.types import RefEffect
+
+from jax_remat_refs import _rewrite
 
 
 class RematRefError(Exception):
@@ -22,30 +24,23 @@ def describe_input(jaxpr: core.Jaxpr, i: int) -> str:
   return f"{what} of type Ref{{{ty}}}"
 
 
-def first_access(jaxpr: core.Jaxpr, ref: core.Var) -> str:
+def first_effect(jaxpr: core.Jaxpr, ref: core.Var, kinds=(RefEffect,)) -> str:
+  """Source location of the first equation with an effect of `kinds` on
+  `ref`."""
   for eqn in jaxpr.eqns:
-    if any(isinstance(e, RefEffect) and e.input is ref for e in eqn.effects):
-      return source_info_util.summarize(eqn.source_info)
-  return "unknown location"
-
-
-def first_write(jaxpr: core.Jaxpr, ref: core.Var) -> str:
-  for eqn in jaxpr.eqns:
-    if any(isinstance(e, (WriteEffect, AccumEffect)) and e.input is ref
-           for e in eqn.effects):
+    if ref in _rewrite.ref_effect_inputs(eqn.effects, kinds):
       return source_info_util.summarize(eqn.source_info)
   return "unknown location"
 
 
 def raise_forbidden(jaxpr: core.Jaxpr) -> None:
-  touched = {e.input for e in jaxpr.effects
-             if isinstance(e, RefEffect) and isinstance(e.input, core.Var)}
+  touched = _rewrite.ref_effect_inputs(jaxpr.effects)
   i = next(i for i, v in enumerate(jaxpr.invars) if v in touched)
   fun = jaxpr.debug_info.func_src_info if jaxpr.debug_info else "the function"
   raise RematRefError(
       f"jax.remat(ref_effects='forbid'): {fun} touches a ref it did not create, "
       f"the {describe_input(jaxpr, i)}; first access at "
-      f"{first_access(jaxpr, jaxpr.invars[i])}. With ref_effects='forbid' a "
+      f"{first_effect(jaxpr, jaxpr.invars[i])}. With ref_effects='forbid' a "
       "remat-decorated function may only use refs it creates itself. Pass the "
       "value instead of the ref, or choose ref_effects='once' (effects happen "
       "in the forward pass only) or 'replay' (the rematerialization repeats "

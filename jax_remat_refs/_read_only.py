@@ -31,9 +31,9 @@ from jax._src import core
 from jax._src import linear_util as lu
 from jax._src.interpreters import partial_eval as pe
 from jax._src.state import primitives as state_primitives
-from jax._src.state.types import AccumEffect, WriteEffect
 
 from jax_remat_refs import _errors
+from jax_remat_refs import _rewrite
 
 READ_ONLY_KIND = "jax_remat_refs.read_only"
 
@@ -149,13 +149,11 @@ def checked_reads(jaxpr: core.Jaxpr, ref: core.Var):
 
 def check_not_written(jaxpr: core.Jaxpr, labels) -> None:
   """Trace-time check: the body does not write its read-only ref inputs."""
+  written = _rewrite.writes(jaxpr)
   for i, ref in enumerate(jaxpr.invars):
-    if not is_read_only(ref.aval):
-      continue
-    label = labels(i)
-    if any(isinstance(e, (WriteEffect, AccumEffect)) and e.input is ref
-           for e in jaxpr.effects):
-      where = _errors.first_write(jaxpr, ref)
+    if ref in written and is_read_only(ref.aval):
+      label = labels(i)
+      where = _errors.first_effect(jaxpr, ref, _rewrite.WRITE_KINDS)
       raise _errors.RematRefError(
           f"jax.remat: the {label} was declared read-only "
           f"(jax_remat_refs.read_only_ref) but the remat-decorated function "

@@ -7,7 +7,7 @@ jaxpr identity with `weakref_lru_cache`, like JAX's own jaxpr transforms.
 from __future__ import annotations
 
 import enum
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -16,7 +16,8 @@ from jax._src import effects as effects_lib
 from jax._src.interpreters import ad
 from jax._src.interpreters import partial_eval as pe
 from jax._src.state import primitives as state_primitives
-from jax._src.state.types import AbstractRef, AccumEffect, ReadEffect, WriteEffect
+from jax._src.state.types import (AbstractRef, AccumEffect, ReadEffect,
+                                  RefEffect, WriteEffect)
 from jax._src.tree_util import tree_structure
 from jax._src.util import weakref_lru_cache
 
@@ -49,7 +50,7 @@ def _var_in(x, vars_) -> bool:
   return isinstance(x, core.Var) and x in vars_
 
 
-def _used_vars(jaxpr: core.Jaxpr) -> set[core.Var]:
+def used_vars(jaxpr: core.Jaxpr) -> set[core.Var]:
   used = {v for e in jaxpr.eqns for v in e.invars if isinstance(v, core.Var)}
   used.update(v for v in jaxpr.outvars if isinstance(v, core.Var))
   return used
@@ -64,7 +65,7 @@ def _is_blind_write(eqn: core.JaxprEqn, used: set[core.Var]) -> bool:
 @weakref_lru_cache
 def ref_uses(jaxpr: core.Jaxpr) -> tuple[RefUse, ...]:
   """Classify each invar of `jaxpr` (non-refs are UNUSED)."""
-  used = _used_vars(jaxpr)
+  used = used_vars(jaxpr)
   uses = {v: RefUse.UNUSED for v in jaxpr.invars if isinstance(v.aval, AbstractRef)}
   for eqn in jaxpr.eqns:
     for pos, v in enumerate(eqn.invars):
@@ -132,9 +133,8 @@ def _write_whole_eqn(ref: core.Var, val: core.Var) -> core.JaxprEqn:
 
 def _finish(jaxpr: core.Jaxpr, invars, outvars, eqns) -> core.Jaxpr:
   effs = pe.make_jaxpr_effects(jaxpr.constvars, invars, outvars, eqns)
-  new = jaxpr.replace(invars=invars, outvars=outvars, eqns=eqns, effects=effs,
-                      debug_info=jaxpr.debug_info.with_unknown_names())
-  return new
+  return jaxpr.replace(invars=invars, outvars=outvars, eqns=eqns, effects=effs,
+                       debug_info=jaxpr.debug_info.with_unknown_names())
 
 
 class RefPlan(NamedTuple):
@@ -214,7 +214,7 @@ def plan_ref_inputs(jaxpr: core.Jaxpr, candidates: tuple[int, ...]) -> RefPlan:
   * otherwise the ref's contents at entry are passed in (a snapshot).
   """
   uses = ref_uses(jaxpr)
-  used = _used_vars(jaxpr)
+  used = used_vars(jaxpr)
   snapshot, drop, simple, keep_real = [], [], {}, []
   for i in candidates:
     ref = jaxpr.invars[i]
@@ -267,13 +267,6 @@ def apply_ref_plan(jaxpr: core.Jaxpr, plan: RefPlan) -> core.Jaxpr:
   other snapshot positions holding values and dropped positions removed.
   """
   return _apply_ref_plan(jaxpr, plan)
-
-
-def replace_arg_refs_with_vals(jaxpr: core.Jaxpr, snapshot: Sequence[int],
-                               drop: Sequence[int] = ()) -> core.Jaxpr:
-  """Make `jaxpr` pure in the ref inputs at `snapshot` (they become values, and
-  the body allocates private refs from them) and remove those at `drop`."""
-  return _apply_ref_plan(jaxpr, RefPlan(tuple(snapshot), tuple(drop), ()))
 
 
 @weakref_lru_cache
@@ -459,8 +452,15 @@ def append_checksums(jaxpr: core.Jaxpr, values: tuple[core.Var, ...]
                  list(jaxpr.eqns) + epilogue)
 
 
+def ref_effect_inputs(effs, kinds=(RefEffect,)) -> set:
+  """The vars of the refs that effects of the given kinds act on."""
+  return {e.input for e in effs
+          if isinstance(e, kinds) and isinstance(e.input, core.Var)}
+
+
+WRITE_KINDS = (WriteEffect, AccumEffect)
+
+
 def writes(jaxpr: core.Jaxpr) -> set:
   """The vars of the refs `jaxpr` writes or accumulates into."""
-  return {e.input for e in jaxpr.effects
-          if isinstance(e, (WriteEffect, AccumEffect)) and
-          isinstance(e.input, core.Var)}
+  return ref_effect_inputs(jaxpr.effects, WRITE_KINDS)

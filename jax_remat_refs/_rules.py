@@ -132,7 +132,7 @@ def remat_partial_eval(trace, *tracers, jaxpr, prevent_cse, differentiated,
   jaxpr_known = ac._insert_reduce_precision(
       jaxpr_known, n_res + n_saved + n_checked)
   known_vals = [t.pval.get_known() for t in tracers if t.is_known()]
-  # Snapshots and checksums are taken before the forward pass touches refs.
+  # Snapshots are taken before the forward pass touches the refs.
   labels = {i: label(i) for i in plan.snapshot}
   snapshots = {}
   for i in plan.snapshot:
