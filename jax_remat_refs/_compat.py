@@ -23,6 +23,17 @@ JAX_VERSION = jax.__version__
 # gave `new_ref` a `pin` parameter and made fancy transpose rules return logs.
 JAXPR_IS_CLOSED = hasattr(core.Jaxpr, "consts")
 NEW_REF_HAS_PIN = "pin" in core.new_ref.__code__.co_varnames
+# 0.12 passes `live_ins` to DCE rules; 0.10.2's `remat_dce` also drops a remat
+# whose only effect is, say, a debug callback (its effects test is inverted).
+DCE_RULE_TAKES_LIVE_INS = JAXPR_IS_CLOSED
+# 0.10.2's swap transpose accumulates into the swapped-in value even when it
+# is a constant (no cotangent slot) once the ref's cotangent exists; remat's
+# transpose creates those cotangent refs, so this shows up under remat.
+SWAP_TRANSPOSE_ASSUMES_LINEAR_VALUE = not JAXPR_IS_CLOSED
+# 0.10.2's partial evaluation loses ref writes made by loops inside a remat
+# when that remat sits in another loop or the loop in another loop: inside a
+# remat, loops that write refs are put into value form (see _control_flow).
+NESTED_LOOP_PE_LOSES_WRITES = not JAXPR_IS_CLOSED
 
 
 def check_jax_version() -> None:

@@ -7,11 +7,18 @@ before partial evaluation: read the refs
 it touches, run the discharged `cond` (refs in as values, new contents out),
 and write back the refs it writes. The program means the same thing, and
 both the forward and the rematerializing pass can be split as pure code.
+
+Two more rewrites keep loops inside a remat body splittable: refs a loop
+body makes itself are discharged there (partial eval would otherwise pass
+them between the halves of the body), and on jax 0.10.2 a loop that writes
+refs is put into value form like `cond` (0.10.2 loses such writes when the
+remat or the loop sits in another loop).
 """
 from __future__ import annotations
 
 from jax._src import core
 from jax._src.lax.control_flow.conditionals import cond_p
+from jax._src.lax.control_flow.loops import scan_p, while_p
 from jax._src.state.types import AbstractRef, RefEffect
 from jax._src.util import weakref_lru_cache
 
@@ -20,17 +27,26 @@ from jax_remat_refs import _rewrite
 
 # Primitives whose partial-eval rules reject ref effects; discharged here.
 _DISCHARGED_PRIMITIVES = (cond_p,)
+# Loops whose partial-eval rules would pass refs made in the body from one
+# half of the body to the other ("returned a mutable array reference"): refs
+# made in their bodies are discharged (they are local, so nothing changes).
+_LOOPS = (scan_p, while_p)
 
 
 def _needs_discharge(eqn: core.JaxprEqn) -> bool:
-  return (eqn.primitive in _DISCHARGED_PRIMITIVES and
-          bool(_rewrite.ref_effect_inputs(eqn.effects)))
+  if not _rewrite.ref_effect_inputs(eqn.effects):
+    return False
+  if eqn.primitive in _DISCHARGED_PRIMITIVES:
+    return True
+  return (_compat.NESTED_LOOP_PE_LOSES_WRITES and eqn.primitive in _LOOPS
+          and bool(_rewrite.ref_effect_inputs(eqn.effects, _rewrite.WRITE_KINDS)))
 
 
 @weakref_lru_cache
 def discharge_unsupported(jaxpr: core.Jaxpr) -> core.Jaxpr:
-  """`jaxpr` with every ref-effectful `cond` put into value form, also inside
-  the bodies of loops and other equations with jaxpr parameters."""
+  """`jaxpr` with every ref-effectful `cond` (and on 0.10.2 every ref-writing
+  loop) put into value form, also inside the bodies of loops and other
+  equations with jaxpr parameters."""
   eqns: list[core.JaxprEqn] = []
   changed = False
   for eqn in jaxpr.eqns:
@@ -50,20 +66,36 @@ def _discharge_in_params(eqn: core.JaxprEqn) -> core.JaxprEqn:
   """`eqn` with `discharge_unsupported` applied to its jaxpr parameters (the
   bodies of scan/while/jit/remat). The rewrite keeps each body's inputs,
   outputs and effects, so the equation stays valid as it is."""
-  if not any(isinstance(e, RefEffect) for e in eqn.effects):
+  if not any(isinstance(e, (RefEffect, core.InternalMutableArrayEffect))
+             for e in eqn.effects):
     return eqn
+  fix = discharge_unsupported
+  if eqn.primitive in _LOOPS:
+    fix = lambda j: _discharge_local_refs(discharge_unsupported(j))
   params = {}
   for name, val in eqn.params.items():
     if isinstance(val, core.Jaxpr):
-      new = discharge_unsupported(val)
+      new = fix(val)
     elif hasattr(core, "ClosedJaxpr") and isinstance(val, core.ClosedJaxpr):
-      new_inner = discharge_unsupported(val.jaxpr)
+      new_inner = fix(val.jaxpr)
       new = val if new_inner is val.jaxpr else val.replace(jaxpr=new_inner)
     else:
       continue
     if new is not val:
       params[name] = new
   return eqn.replace(params={**eqn.params, **params}) if params else eqn
+
+
+@weakref_lru_cache
+def _discharge_local_refs(jaxpr: core.Jaxpr) -> core.Jaxpr:
+  """`jaxpr` with the refs it makes itself (`new_ref`) turned into values; its
+  input refs stay refs, so inputs, outputs and outer effects are unchanged."""
+  if not any(e.primitive is core.ref_p for e in jaxpr.eqns):
+    return jaxpr
+  out, consts = _compat.discharge_state(jaxpr, [False] * len(jaxpr.invars))
+  if consts or out.constvars:
+    return jaxpr
+  return out
 
 
 def _discharge_eqn(eqn: core.JaxprEqn) -> list[core.JaxprEqn]:

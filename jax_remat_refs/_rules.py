@@ -44,6 +44,8 @@ UPSTREAM = dict(
     partial_eval=pe.custom_partial_eval_rules[remat_p],
     partial_eval_custom=pe.partial_eval_jaxpr_custom_rules[remat_p],
     transpose=ad.fancy_transposes[remat_p],
+    dce=pe.dce_rules[remat_p],
+    swap_transpose=ad.fancy_transposes[state_primitives.swap_p],
 )
 
 
@@ -334,6 +336,59 @@ def _transposed_jaxpr(jaxpr: core.Jaxpr, specs, in_avals, out_zeros):
 
 
 # --------------------------------------------------------------------------
+# dce: keep a remat whose outputs are all unused but that has effects
+
+def remat_dce(used_outputs, eqn):
+  """jax 0.10.2's rule, with two fixes for remats left without outputs.
+
+  An effectful remat with no live output and no live input is kept (0.10.2
+  drops it, losing e.g. its callbacks). And a remat without outputs gets
+  `prevent_cse=False`: with nothing to recompute for later use there is
+  nothing to protect from CSE, and jaxlib 0.10.2's XLA rejects the
+  optimization barrier of such a remat inside a cond branch ("Invalid
+  sharding")."""
+  used_inputs, new_eqn = UPSTREAM["dce"](used_outputs, eqn)
+  if (new_eqn is None and not any(used_outputs)
+      and ac._has_effects(eqn.params["jaxpr"].effects)):
+    used_inputs, new_eqn = [True] * len(eqn.invars), eqn
+  if new_eqn is not None and not new_eqn.outvars:
+    body = _drop_private_refs(new_eqn.params["jaxpr"])
+    new_eqn = new_eqn.replace(
+        params=dict(new_eqn.params, prevent_cse=False, jaxpr=body),
+        effects=core.eqn_effects(body, new_eqn.invars))
+  return used_inputs, new_eqn
+
+
+@weakref_lru_cache
+def _drop_private_refs(jaxpr: core.Jaxpr) -> core.Jaxpr:
+  """An output-less body without its dead private refs (jax 0.10.2).
+
+  Its refs made by `new_ref` (e.g. from the snapshots) are never observed, so
+  their updates are discharged and removed; what stays are the effects that
+  made the remat live. jaxlib 0.10.2's XLA otherwise fails on the leftovers
+  of such refs under a cond ("Invalid sharding")."""
+  if (jaxpr.outvars or any(_rewrite.is_ref(v) for v in jaxpr.invars)
+      or not any(e.primitive is core.ref_p for e in jaxpr.eqns)):
+    return jaxpr
+  pure, consts = _compat.discharge_state(jaxpr, [False] * len(jaxpr.invars))
+  if consts:
+    return jaxpr
+  pure, _ = pe.dce_jaxpr(pure, [], instantiate=True)  # keeps every input
+  return pure
+
+
+def swap_transpose(g, ref_acc, x, *idx, **params):
+  """jax 0.10.2's swap transpose, except that a constant swapped-in value
+  (not a `GradAccum`) takes no cotangent; the ref's cotangent is still
+  swapped out (0.12 does the same)."""
+  if ref_acc.ref is not None and not isinstance(x, ad.GradAccum):
+    state_primitives.swap_p.bind(ref_acc.ref, ad_util.instantiate(g), *idx,
+                                 **params)
+    return
+  UPSTREAM["swap_transpose"](g, ref_acc, x, *idx, **params)
+
+
+# --------------------------------------------------------------------------
 # (de)activation
 
 PATCHED = dict(
@@ -341,6 +396,9 @@ PATCHED = dict(
     partial_eval=remat_partial_eval,
     partial_eval_custom=remat_partial_eval_custom,
     transpose=remat_transpose,
+    dce=UPSTREAM["dce"] if _compat.DCE_RULE_TAKES_LIVE_INS else remat_dce,
+    swap_transpose=(swap_transpose if _compat.SWAP_TRANSPOSE_ASSUMES_LINEAR_VALUE
+                    else UPSTREAM["swap_transpose"]),
 )
 
 
@@ -350,3 +408,5 @@ def install(rules: dict) -> None:
   pe.custom_partial_eval_rules[remat_p] = rules["partial_eval"]
   pe.partial_eval_jaxpr_custom_rules[remat_p] = rules["partial_eval_custom"]
   ad.fancy_transposes[remat_p] = rules["transpose"]
+  pe.dce_rules[remat_p] = rules["dce"]
+  ad.fancy_transposes[state_primitives.swap_p] = rules["swap_transpose"]

@@ -23,27 +23,11 @@ SHARDS = 9
 PER_SHARD = 20   # SHARDS * PER_SHARD programs: seeds FIRST_SEED + [0, 180)
 
 # Seeds beyond that range that failed in `python -m tests.fuzz.run` scale runs
-# (seeds 0-1099 on jax 0.10.2, 0-1599 on 0.12.0.1), one or a few per distinct
-# bug; some fail on one version only. Regression cases until the core is
-# fixed; minimal standalone reproducers: tests/fuzz/repros/.
+# (seeds 0-1599), one or a few per distinct bug, some on one JAX version only;
+# all fixed, kept as regression cases. Standalone reproducers of the bugs:
+# tests/fuzz/repros/, as tests: tests/test_fuzz_regressions.py.
 FOUND_BY_SCALE_RUNS = (182, 186, 209, 219, 273, 281, 291, 306, 336, 383, 912,
-                       928, 1035, 1085, 1380)
-
-
-# Seeds whose programs still hit open bugs (tests/fuzz/repros/), by JAX
-# version. They are left out of the shards above and checked separately to
-# still fail, so this list shrinks as the bugs are fixed.
-KNOWN_OPEN = {
-    "0.10.2": {3: "G: XLA 'Invalid sharding' (remat in a cond branch)",
-               281: "F: new_ref of a swapped-out value in a loop",
-               306: "H: jax 0.10.2 remat_dce drops a callback-only remat",
-               336: "E: addupdate into a differentiated ref (0.10.2)",
-               912: "F: new_ref of a swapped-out value in a loop",
-               219: "A2: ref state lost in nested loops (0.10.2), open",
-               1035: "A2: ref state lost in nested loops (0.10.2), open"},
-    "0.12.0.1": {281: "F: new_ref of a swapped-out value in a loop",
-                 912: "F: new_ref of a swapped-out value in a loop"},
-}.get(jax.__version__, {})
+                       928, 1035, 1060, 1085, 1189, 1380)
 
 
 def _check(seeds):
@@ -51,8 +35,6 @@ def _check(seeds):
   failures = []
   compared = 0
   for seed in seeds:
-    if seed in KNOWN_OPEN:
-      continue
     program = gen.generate(seed)
     outcome = oracle.check_program(program)
     if outcome.failed:
@@ -82,14 +64,7 @@ class FuzzTest(jtu.JaxTestCase):
   def test_seed_found_by_scale_runs(self, seed):
     failures, compared = _check([seed])
     self.assertEmpty(failures, msg="\n\n".join(failures))
-    if seed not in KNOWN_OPEN:
-      self.assertEqual(compared, 1)
-
-  def test_known_open_bugs_still_fail(self):
-    # When one of these starts passing, move it back into the regular runs.
-    for seed, why in KNOWN_OPEN.items():
-      outcome = oracle.check_program(gen.generate(seed))
-      self.assertTrue(outcome.failed, msg=f"seed {seed} ({why}) now passes")
+    self.assertEqual(compared, 1)
 
   def test_oracle_detects_a_difference(self):
     # The comparison itself must catch a wrong gradient and a wrong ref.

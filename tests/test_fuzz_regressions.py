@@ -1,0 +1,173 @@
+"""The bugs the fuzzer found (tests/fuzz/repros/), as small regular tests.
+
+Each program runs once with `jax.checkpoint` and once without it (the
+oracle): outputs, gradients, final ref contents and callback counts must
+agree. The docstring of each test names the bug and the JAX versions it hit.
+"""
+from absl.testing import absltest
+from absl.testing import parameterized
+import jax
+from jax import lax
+import jax.numpy as jnp
+from jax._src import test_util as jtu
+import numpy as np
+
+import jax_remat_refs  # noqa: F401  (activates the patch)
+
+
+def _identity(f=None, **_):
+  return f if f is not None else (lambda g: g)
+
+
+def _vjp_results(f, *xs):
+  out, f_vjp = jax.vjp(f, *xs)
+  return out, f_vjp(jax.tree.map(jnp.ones_like, out))
+
+
+class FuzzRegressionTest(jtu.JaxTestCase):
+
+  def assertTransparent(self, prog):
+    expected = prog(_identity)
+    actual = prog(jax.checkpoint)
+    self.assertAllClose(actual, expected, rtol=1e-6, atol=1e-6)
+    return expected
+
+  @parameterized.parameters("fori", "fori-fori", "fori-remat")
+  def test_write_in_nested_loops_is_kept(self, variant):
+    """A: a write in a loop nested in a loop (or in a remat in a loop) inside
+    a remat was lost under vjp (0.10.2; the remat form on both)."""
+    def prog(ck):
+      r = jax.new_ref(np.float32(0.))
+      def blk(x):
+        def write(c):
+          r[...] = lax.stop_gradient(x)
+          return c
+        def outer(i, c):
+          if variant == "fori-fori":
+            return lax.fori_loop(0, 1, lambda j, c: write(c), c)
+          if variant == "fori-remat":
+            return ck(write)(c)
+          return write(c)
+        lax.fori_loop(0, 1, outer, ())
+        return jnp.sin(x) * r[...]
+      return _vjp_results(ck(blk), np.float32(0.5)), r[...]
+    (_, _), r_final = self.assertTransparent(prog)
+    self.assertAllClose(r_final, np.float32(0.5))
+
+  def test_loop_write_inside_remat_inside_scan(self):
+    """A2: an output-less remat in a scan body, holding a scan that writes an
+    external ref: the write was lost (0.10.2)."""
+    def prog(ck):
+      r = jax.new_ref(np.array([0.1, -0.5, 0.7, 0.2], np.float32))
+      flag = jax.new_ref(np.int32(0))
+      def f(xs):
+        def outer(c, x):
+          v = r[2]
+          def blk():
+            def inner(c, x):
+              flag[...] = (jnp.where(v > 0, x, v) > 0).astype(jnp.int32)
+              return c, x
+            lax.scan(inner, (), xs)
+            return ()
+          ck(blk)()
+          return c, v
+        lax.scan(outer, (), xs)
+        return jnp.sin(xs)
+      out = _vjp_results(f, np.array([0.3, -0.2, 0.5, 1.0], np.float32))
+      return out, flag[...]
+    _, flag = self.assertTransparent(prog)
+    self.assertEqual(int(flag), 1)  # the last element, 1.0, is positive
+
+  def test_addupdate_into_differentiated_ref(self):
+    """E: a differentiated ref overwritten with a constant before a remat that
+    addupdates into it: 'ArrayImpl has no attribute accum' in the backward
+    pass (0.10.2's swap transpose)."""
+    def prog(ck):
+      r = jax.new_ref(np.float32(0.7))
+      def f(x):
+        c = r[...]
+        q = jax.new_ref(jnp.tanh(x * x))
+        q[...] = jnp.tanh(c)
+        def blk():
+          jax.ref.addupdate(q, ..., jnp.sin(c))
+          return (q[...],)
+        (v,) = ck(blk)()
+        return jnp.sin(x) + v
+      return _vjp_results(f, np.float32(0.5))
+    (out, (g,)) = self.assertTransparent(prog)
+    self.assertAllClose(out, np.sin(0.5) + np.tanh(0.7) + np.sin(0.7))
+    self.assertAllClose(g, np.cos(0.5))
+
+  def test_loop_makes_ref_from_swapped_value(self):
+    """F: a loop body inside a remat makes a ref from a value swapped out of
+    an external ref: 'returned a mutable array reference' (both versions,
+    upstream too)."""
+    def prog(ck):
+      r = jax.new_ref(np.array([0.3, 0.4], np.float32))
+      def blk(x):
+        def body(i, c):
+          old = jax.ref.swap(r, 0, lax.stop_gradient(x))
+          q = jax.new_ref(jnp.broadcast_to(old, (2,)))
+          return c + q[i % 2]
+        s = lax.fori_loop(0, 2, body, np.float32(0.))
+        return jnp.sin(x) * s
+      return _vjp_results(ck(blk), np.float32(0.5)), r[...]
+    ((out, (g,)), r_final) = self.assertTransparent(prog)
+    # Iteration 0 swaps out 0.3, iteration 1 swaps out 0.5: s = 0.8.
+    self.assertAllClose(out, np.sin(0.5) * 0.8)
+    self.assertAllClose(g, np.cos(0.5) * 0.8)
+    self.assertAllClose(r_final, np.array([0.5, 0.4], np.float32))
+
+  def test_remat_in_cond_branch_with_swap_and_callback(self):
+    """G: a remat in a cond branch that swaps into an external ref and runs
+    a debug callback: XLA's 'Invalid sharding' in the backward pass
+    (0.10.2)."""
+    def prog(ck):
+      r = jax.new_ref(np.array([0.3, 0.4], np.float32))
+      def f(x):
+        y = x * x
+        def branch():
+          def blk(y):
+            @jax.jit
+            def inner(y):
+              old = jax.ref.swap(r, 1, lax.stop_gradient(jnp.tanh(y)))
+              jax.debug.callback(lambda *a: None, lax.stop_gradient(y))
+              return jnp.tanh(y * old)
+            return inner(y)
+          return ck(blk)(y)
+        lax.cond(y > 0, branch, lambda: y)
+        return jnp.sin(x)
+      return _vjp_results(f, np.float32(0.5)), r[...]
+    (_, r_final) = self.assertTransparent(prog)
+    self.assertAllClose(r_final, np.array([0.3, np.tanh(0.25)], np.float32))
+
+  @parameterized.parameters("jit", "loop")
+  def test_callback_only_remat_runs(self, where):
+    """H: a staged remat whose outputs are unused and whose only effect is a
+    callback was dropped (0.10.2's remat DCE), so the callback never ran."""
+    calls = []
+    def prog(ck):
+      calls.clear()
+      def f(x):
+        if where == "jit":
+          def only_callback(x):
+            jax.debug.callback(lambda: calls.append(1))
+            return ()
+          jax.jit(ck(only_callback))(x)
+          return x
+        def blk():
+          jax.debug.callback(lambda: calls.append(1))
+          return x * 2.0
+        def body(i, c):
+          ck(blk)()  # output unused
+          return c
+        return lax.fori_loop(0, 2, body, x)
+      out = f(np.float32(1.0))
+      jax.effects_barrier()
+      return out, len(calls)
+    _, n_calls = self.assertTransparent(prog)
+    self.assertEqual(n_calls, 1 if where == "jit" else 2)
+
+
+if __name__ == "__main__":
+  absltest.main(testLoader=jtu.JaxTestLoader())
