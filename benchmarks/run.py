@@ -39,8 +39,11 @@ def _nbytes(aval):
 
 
 # --------------------------------------------------------------------------
-# Workloads. Each builder returns {variant: (loss_fn, args)} where loss_fn
-# returns a scalar and args[0] is differentiated; refs are made inside.
+# Workloads. Each builder returns (with_ref, pure, args, state): with_ref(rm)
+# is the ref program, called as loss(*args, *refs) with one ref per `state`
+# array, made fresh (outside jit) for every measurement, as a user keeps
+# state; pure(*args, *state) threads the same state functionally. args[0] is
+# differentiated. Each builder also says how its refs are made.
 
 def seed_scaled(n=1_000_000):
   y = jnp.ones((n,), jnp.float32)
@@ -52,9 +55,8 @@ def seed_scaled(n=1_000_000):
     return out.sum()
 
   def with_ref(rm):
-    def loss(y, x0):
-      r = jax.new_ref(x0)
-      return rm(body_ref)(y, r) + r[...].sum()
+    def loss(y, x_ref):
+      return rm(body_ref)(y, x_ref) + x_ref[...].sum()
     return loss
 
   def pure(y, x0):
@@ -62,7 +64,7 @@ def seed_scaled(n=1_000_000):
       return (y * x).sum(), x + 1
     out, x = jax.remat(body)(y, x0)
     return out + x.sum()
-  return with_ref, pure, (y, x0)
+  return with_ref, pure, (y,), (x0,)
 
 
 def mlp_stats(L):
@@ -75,34 +77,30 @@ def mlp_stats(L):
     return h
 
   def with_ref(rm):
-    def loss(ws, x):
-      stats = jax.new_ref(jnp.zeros(WIDTH))
+    def loss(ws, x, stats):
       h, _ = lax.scan(lambda h, w: (rm(lambda h, w: layer_ref(stats, h, w))(h, w),
                                     None), x, ws)
       return (h ** 2).sum() + stats[...].sum()
     return loss
 
-  def pure(ws, x):
+  def pure(ws, x, stats):
     def layer(carry, w):
       h, stats = carry
       h = jnp.tanh(h @ w)
       return (h, stats + lax.stop_gradient(h.mean(0))), None
-    (h, stats), _ = lax.scan(jax.remat(layer), (x, jnp.zeros(WIDTH)), ws)
+    (h, stats), _ = lax.scan(jax.remat(layer), (x, stats), ws)
     return (h ** 2).sum() + stats.sum()
-  return with_ref, pure, (ws, x)
+  return with_ref, pure, (ws, x), (jnp.zeros(WIDTH),)
 
 
-def stacked_weights(L, outer=False, read_only=False):
+def stacked_weights(L, outer=False):
   """Weights in one stacked ref read by slice, never written; x is
-  differentiated (the weights are state). With `read_only`, the ref is made
-  by `jax_remat_refs.read_only_ref` (rematerialized from the live ref)."""
-  make_ref = jax_remat_refs.read_only_ref if read_only else jax.new_ref
+  differentiated (the weights are state)."""
   ws = jax.random.normal(jax.random.key(0), (L, WIDTH, WIDTH)) / np.sqrt(WIDTH)
   x = jax.random.normal(jax.random.key(1), (BATCH, WIDTH))
 
   def with_ref(rm):
-    def loss(x, ws):
-      w_ref = make_ref(ws)
+    def loss(x, w_ref):
       def layer(h, i):
         return jnp.tanh(h @ w_ref[i])
       def net(x):
@@ -122,15 +120,14 @@ def stacked_weights(L, outer=False, read_only=False):
       return h
     h = jax.remat(net)(x) if outer else net(x)
     return (h ** 2).sum()
-  return with_ref, pure, (x, ws)
+  return with_ref, pure, (x,), (ws,)
 
 
 def cache_like(L):
   x = jax.random.normal(jax.random.key(1), (BATCH, WIDTH))
 
   def with_ref(rm):
-    def loss(x):
-      cache = jax.new_ref(jnp.zeros((L, WIDTH)))
+    def loss(x, cache):
       def step(h, i):
         cache[i] = lax.stop_gradient(h.mean(0))
         return jnp.tanh(h + cache[...].mean(0))
@@ -138,62 +135,109 @@ def cache_like(L):
       return (h ** 2).sum() + cache[...].sum()
     return loss
 
-  def pure(x):
+  def pure(x, cache):
     def step(carry, i):
       h, cache = carry
       cache = cache.at[i].set(lax.stop_gradient(h.mean(0)))
       return (jnp.tanh(h + cache.mean(0)), cache), None
-    (h, cache), _ = lax.scan(jax.remat(step), (x, jnp.zeros((L, WIDTH))),
-                             jnp.arange(L))
+    (h, cache), _ = lax.scan(jax.remat(step), (x, cache), jnp.arange(L))
     return (h ** 2).sum() + cache.sum()
-  return with_ref, pure, (x,)
+  return with_ref, pure, (x,), (jnp.zeros((L, WIDTH)),)
 
 
 # --------------------------------------------------------------------------
 
-def measure(loss, args, reps):
+def measure(loss, args, state, make_ref, reps):
+  """Compiles jit(value_and_grad(loss)) for (*args, *refs made from state)
+  (plain arrays when make_ref is None) and measures it."""
+  fresh = lambda: [make_ref(s) for s in state] if make_ref else list(state)
   grad = jax.jit(jax.value_and_grad(loss))
   t0 = time.perf_counter()
-  compiled = grad.lower(*args).compile()
+  compiled = grad.lower(*args, *fresh()).compile()
   compile_s = time.perf_counter() - t0
   mem = compiled.memory_analysis()
   temp = int(getattr(mem, "temp_size_in_bytes", -1)) if mem is not None else -1
-  res = sum(_nbytes(a) for a, _ in ad_checkpoint.saved_residuals(loss, *args))
-  out = compiled(*args)
+  res = sum(_nbytes(a) for a, _ in
+            ad_checkpoint.saved_residuals(loss, *args, *fresh()))
+  out = compiled(*args, *fresh())
   jax.block_until_ready(out)
+  refs = fresh()  # mutated by every call: the cost does not depend on values
   times = []
   for _ in range(reps):
     t0 = time.perf_counter()
-    jax.block_until_ready(compiled(*args))
+    jax.block_until_ready(compiled(*args, *refs))
     times.append(time.perf_counter() - t0)
   return dict(temp_bytes=temp, residual_bytes=res,
               step_ms=1e3 * statistics.median(times), compile_s=compile_s,
               value=float(out[0]))
 
 
-def try_measure(loss, args, reps):
+def try_measure(*a):
   try:
-    return measure(loss, args, reps)
+    return measure(*a)
   except Exception as e:  # JAX itself fails on some ref programs
-    return dict(temp_bytes=0, residual_bytes=0, step_ms=0, compile_s=0,
-                value=float("nan"), error=f"{type(e).__name__}: {e}"[:200])
+    return dict(temp_bytes=None, residual_bytes=None, step_ms=None,
+                compile_s=None, value=float("nan"),
+                error=f"{type(e).__name__}: {e}"[:200])
 
 
-def run_workload(name, builder, reps):
-  with_ref, pure, args = builder()
+def run_workload(name, builder, reps, make_ref=jax.new_ref):
+  with_ref, pure, args, state = builder()
   rows = {}
-  rows["A"] = measure(with_ref(jax.remat), args, reps)
-  rows["B"] = measure(pure, args, reps)
-  rows["C"] = try_measure(with_ref(lambda f: f), args, reps)
+  rows["A"] = measure(with_ref(jax.remat), args, state, make_ref, reps)
+  rows["B"] = measure(pure, args, state, None, reps)
+  rows["C"] = try_measure(with_ref(lambda f: f), args, state, make_ref, reps)
   with jax_remat_refs.upstream_behavior():
-    rows["U"] = try_measure(with_ref(jax.remat), args, reps)
-  if abs(rows["A"]["value"] - rows["B"]["value"]) > 1e-3 * max(1, abs(rows["B"]["value"])):
-    raise AssertionError(f"{name}: A's value differs from the pure program's")
+    rows["U"] = try_measure(with_ref(jax.remat), args, state, make_ref, reps)
+  for k in "AC":
+    if abs(rows[k]["value"] - rows["B"]["value"]) > 1e-3 * max(1, abs(rows["B"]["value"])):
+      raise AssertionError(f"{name}: {k}'s value differs from the pure program's")
   return rows
 
 
+def trace_scaling(n_steps, reps=5):
+  """Best-of-`reps` time to trace jit(value_and_grad) of a remat body of
+  `n_steps` read-compute-write steps on a ref (A) and of the same body with
+  the state threaded (B); also the number of equations in A's body."""
+  def body_ref(x, r):
+    for k in range(n_steps):
+      r[k % 4] = lax.stop_gradient(jnp.sin(x[k % 4] * r[(k + 1) % 4]))
+      x = x * r[k % 4]
+    return x.sum()
+
+  def body_pure(x, s):
+    for k in range(n_steps):
+      s = s.at[k % 4].set(lax.stop_gradient(jnp.sin(x[k % 4] * s[(k + 1) % 4])))
+      x = x * s[k % 4]
+    return x.sum(), s
+
+  x = jnp.ones(4)
+  def loss_a(x, r):
+    return jax.remat(body_ref)(x, r)
+  def loss_b(x, s):
+    out, s = jax.remat(body_pure)(x, s)
+    return out + s.sum()
+
+  def best(loss, state):
+    ts = []
+    for _ in range(reps):
+      jax.clear_caches()
+      t0 = time.perf_counter()
+      jax.jit(jax.value_and_grad(loss)).trace(x, state())
+      ts.append(time.perf_counter() - t0)
+    return 1e3 * min(ts)
+  a = best(loss_a, lambda: jax.new_ref(jnp.ones(4)))
+  b = best(loss_b, lambda: jnp.ones(4))
+  eqns = len(jax.make_jaxpr(body_ref)(x, jax.new_ref(jnp.ones(4))).eqns)
+  return a, b, eqns
+
+
 def ratio(a, b):
-  return a / b if a and b and a > 0 and b > 0 else float("nan")
+  """a/b; 1.0 when both are 0 (e.g. no temp memory at all); nan when either
+  is missing (a program that failed) or only b is 0."""
+  if a is None or b is None or a < 0 or b < 0 or (a == 0) != (b == 0):
+    return float("nan")
+  return 1.0 if a == b == 0 else a / b
 
 
 def main(argv=None):
@@ -202,25 +246,29 @@ def main(argv=None):
   p.add_argument("--quick", action="store_true", help="L=8 only")
   ns = p.parse_args(argv)
   Ls = (8,) if ns.quick else (8, 32, 128)
-  workloads = [("1 seed x1e6", seed_scaled)]
-  workloads += [(f"2 scan(remat) stats L={L}", lambda L=L: mlp_stats(L)) for L in Ls]
-  workloads += [(f"3 stacked w_ref[i] L={L}", lambda L=L: stacked_weights(L)) for L in Ls]
-  workloads += [(f"3 read-only w_ref[i] L={L}",
-                 lambda L=L: stacked_weights(L, read_only=True)) for L in Ls]
+  ro = jax_remat_refs.read_only_ref
+  workloads = [("1 seed x1e6", seed_scaled, jax.new_ref)]
+  workloads += [(f"2 scan(remat) stats L={L}", lambda L=L: mlp_stats(L),
+                 jax.new_ref) for L in Ls]
+  workloads += [(f"3 stacked w_ref[i] L={L}", lambda L=L: stacked_weights(L),
+                 jax.new_ref) for L in Ls]
+  workloads += [(f"3 read-only w_ref[i] L={L}", lambda L=L: stacked_weights(L),
+                 ro) for L in Ls]
   workloads += [(f"3 remat(scan) w_ref[i] L={L}",
-                 lambda L=L: stacked_weights(L, outer=True)) for L in Ls]
-  workloads += [(f"3 remat(scan) read-only L={L}",
-                 lambda L=L: stacked_weights(L, outer=True, read_only=True))
+                 lambda L=L: stacked_weights(L, outer=True), jax.new_ref)
                 for L in Ls]
-  workloads += [(f"4 cache write/read L={L}", lambda L=L: cache_like(L)) for L in Ls]
+  workloads += [(f"3 remat(scan) read-only L={L}",
+                 lambda L=L: stacked_weights(L, outer=True), ro) for L in Ls]
+  workloads += [(f"4 cache write/read L={L}", lambda L=L: cache_like(L),
+                 jax.new_ref) for L in Ls]
   print(f"jax {jax.__version__}, {platform.machine()}, {os.cpu_count()} cpus, "
         f"{jax.devices()[0].platform}; width {WIDTH}, batch {BATCH}")
   hdr = (f"{'workload':30s} {'mem A/B':>8s} {'mem A/C':>8s} {'mem A/U':>8s} "
          f"{'res A/B':>8s} {'time A/B':>8s} {'U/B':>6s} {'compile A/B':>11s}")
   print(hdr)
   results = {}
-  for name, builder in workloads:
-    rows = run_workload(name, builder, ns.reps)
+  for name, builder, make_ref in workloads:
+    rows = run_workload(name, builder, ns.reps, make_ref)
     A, B, C, U = (rows[k] for k in "ABCU")
     r = dict(mem_AB=ratio(A["temp_bytes"], B["temp_bytes"]),
              mem_AC=ratio(A["temp_bytes"], C["temp_bytes"]),
@@ -233,11 +281,23 @@ def main(argv=None):
     print(f"{name:30s} {r['mem_AB']:8.2f} {r['mem_AC']:8.2f} {r['mem_AU']:8.2f} "
           f"{r['res_AB']:8.2f} {r['time_AB']:8.2f} {r['time_UB']:6.2f} "
           f"{r['compile_AB']:11.2f}", flush=True)
+  print()
+  print("trace time of jit(value_and_grad) against remat body size "
+        "(equations in the body; A refs, B pure):")
+  print(f"{'body eqns':>10s} {'A ms':>8s} {'B ms':>8s} {'A/B':>6s} "
+        f"{'A us/eqn':>9s}")
+  scaling = {}
+  for n in (100, 400, 1600):
+    a_ms, b_ms, eqns = trace_scaling(n)
+    scaling[n] = dict(A_ms=a_ms, B_ms=b_ms, body_eqns=eqns)
+    print(f"{eqns:10d} {a_ms:8.1f} {b_ms:8.1f} {a_ms / b_ms:6.2f} "
+          f"{1e3 * a_ms / eqns:9.1f}", flush=True)
   os.makedirs("benchmarks/results", exist_ok=True)
   out = f"benchmarks/results/bench-jax{jax.__version__}.json"
   with open(out, "w") as f:
     json.dump(dict(jax=jax.__version__, date=time.strftime("%Y-%m-%d"),
-                   machine=platform.platform(), results=results), f, indent=1)
+                   machine=platform.platform(), results=results,
+                   trace_scaling=scaling), f, indent=1)
   print(f"wrote {out}")
 
 

@@ -306,6 +306,13 @@ def append_outvars(jaxpr: core.Jaxpr, outvars) -> core.Jaxpr:
 
 
 @weakref_lru_cache
+def move_outvars_last(jaxpr: core.Jaxpr, start: int, count: int) -> core.Jaxpr:
+  """`jaxpr` with outputs `start .. start+count-1` moved behind the others."""
+  outs = list(jaxpr.outvars)
+  outs = outs[:start] + outs[start + count:] + outs[start:start + count]
+  return jaxpr.replace(outvars=outs)
+
+
 def append_entry_reads(jaxpr: core.Jaxpr, positions: tuple[int, ...]
                        ) -> core.Jaxpr:
   """Add outputs holding the contents of the ref invars at `positions`, read

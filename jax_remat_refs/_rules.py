@@ -19,6 +19,7 @@ from __future__ import annotations
 from jax._src import ad_checkpoint as ac
 from jax._src import ad_util
 from jax._src import core
+from jax._src import debugging
 from jax._src import effects as effects_lib
 from jax._src import linear_util as lu
 from jax._src import source_info_util
@@ -46,6 +47,8 @@ UPSTREAM = dict(
     transpose=ad.fancy_transposes[remat_p],
     dce=pe.dce_rules[remat_p],
     swap_transpose=ad.fancy_transposes[state_primitives.swap_p],
+    callback_partial_eval_custom=pe.partial_eval_jaxpr_custom_rules[
+        debugging.debug_callback_p],
 )
 
 
@@ -124,15 +127,18 @@ def remat_partial_eval(trace, *tracers, jaxpr, prevent_cse, differentiated,
   jaxpr_staged = _rewrite.apply_ref_plan(jaxpr_staged, plan)
   n_saved, n_checked = len(plan.saved_reads), len(checks.reads)
 
-  # The forward pass: known outputs, then the residuals the staged jaxpr uses,
-  # then the saved reads.
+  # The forward pass: known outputs, saved reads, read checksums, then the
+  # residuals the staged jaxpr uses. Only those last get upstream's
+  # reduce_precision guard: saved reads are values taken out of refs, not
+  # computed here (and 0.10.2's XLA materializes the no-op f32 rounding as a
+  # copy of each).
   jaxpr_known = _rewrite.append_checksums(
       _rewrite.append_outvars(jaxpr_known, plan.saved_reads), checks.reads)
-  keep_known_outs = ([True] * (len(out_unknowns) - sum(out_unknowns)) +
-                     used_res + [True] * (n_saved + n_checked))
+  n_known_outs = len(out_unknowns) - sum(out_unknowns)
+  jaxpr_known = _rewrite.move_outvars_last(jaxpr_known, n_known_outs, num_res)
+  keep_known_outs = ([True] * (n_known_outs + n_saved + n_checked) + used_res)
   jaxpr_known, in_used_known = pe.dce_jaxpr(jaxpr_known, keep_known_outs)
-  jaxpr_known = ac._insert_reduce_precision(
-      jaxpr_known, n_res + n_saved + n_checked)
+  jaxpr_known = ac._insert_reduce_precision(jaxpr_known, n_res)
   known_vals = [t.pval.get_known() for t in tracers if t.is_known()]
   # Snapshots are taken before the forward pass touches the refs.
   labels = {i: label(i) for i in plan.snapshot}
@@ -143,8 +149,8 @@ def remat_partial_eval(trace, *tracers, jaxpr, prevent_cse, differentiated,
   _report.log_snapshots(list(labels.values()), n_saved)
   _, known_args = partition_list(in_used_known, known_vals)
   outs = core.eval_jaxpr(jaxpr_known, (), *known_args)
-  known_outs, residuals, saved, read_checksums = split_list(
-      outs, [len(outs) - n_res - n_saved - n_checked, n_res, n_saved])
+  known_outs, saved, read_checksums, residuals = split_list(
+      outs, [n_known_outs, n_saved, n_checked])
 
   # Stage the rematerialization: saved reads, residuals, snapshots, the rest.
   res_tracers = [trace.new_instantiated_const(r) for r in [*saved, *residuals]]
@@ -388,6 +394,21 @@ def swap_transpose(g, ref_acc, x, *idx, **params):
   UPSTREAM["swap_transpose"](g, ref_acc, x, *idx, **params)
 
 
+def callback_partial_eval_custom(saveable, unks_in, inst_in, eqn):
+  """Upstream's rule for `debug_callback` in remat partial eval, except that
+  a callback replayed in the rematerialization gets its known inputs that
+  are not available there as residuals. (Upstream leaves them out when the
+  policy saves such an input, e.g. by name: the staged jaxpr then refers
+  to a var it never receives, a KeyError, also for pure functions.)"""
+  known, staged, unks_out, inst_out, res = UPSTREAM[
+      "callback_partial_eval_custom"](saveable, unks_in, inst_in, eqn)
+  if staged is not None:
+    have = set(res)
+    res = [*res, *(v for v, inst in zip(eqn.invars, inst_in)
+                   if not inst and isinstance(v, core.Var) and v not in have)]
+  return known, staged, unks_out, inst_out, res
+
+
 # --------------------------------------------------------------------------
 # (de)activation
 
@@ -399,6 +420,7 @@ PATCHED = dict(
     dce=UPSTREAM["dce"] if _compat.DCE_RULE_TAKES_LIVE_INS else remat_dce,
     swap_transpose=(swap_transpose if _compat.SWAP_TRANSPOSE_ASSUMES_LINEAR_VALUE
                     else UPSTREAM["swap_transpose"]),
+    callback_partial_eval_custom=callback_partial_eval_custom,
 )
 
 
@@ -410,3 +432,5 @@ def install(rules: dict) -> None:
   ad.fancy_transposes[remat_p] = rules["transpose"]
   pe.dce_rules[remat_p] = rules["dce"]
   ad.fancy_transposes[state_primitives.swap_p] = rules["swap_transpose"]
+  pe.partial_eval_jaxpr_custom_rules[debugging.debug_callback_p] = rules[
+      "callback_partial_eval_custom"]

@@ -8,6 +8,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 import jax
 from jax import lax
+from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 from jax._src import test_util as jtu
 import numpy as np
@@ -167,6 +168,33 @@ class FuzzRegressionTest(jtu.JaxTestCase):
       return out, len(calls)
     _, n_calls = self.assertTransparent(prog)
     self.assertEqual(n_calls, 1 if where == "jit" else 2)
+
+  @parameterized.parameters(False, True)
+  def test_callback_on_value_saved_by_name(self, with_ref):
+    """K: a debug callback on a value the policy saves by name: the
+    rematerialization replays the callback but never got the value (JAX's
+    callback rule; KeyError on both versions, for pure functions too)."""
+    policy = jax.checkpoint_policies.save_only_these_names("s")
+    def prog(ck):
+      calls = []
+      count = jax.new_ref(np.int32(0))
+      def f(x):
+        s = jnp.sin(x)
+        def blk():
+          if with_ref:
+            count[...] = count[...] + 1
+          v = checkpoint_name(s, "s")
+          jax.debug.callback(lambda v: calls.append(float(v)), v)
+          return (x * 2.0,)  # the saved value feeds only the callback
+        (out,) = (ck(blk, policy=policy) if ck is jax.checkpoint else blk)()
+        return out
+      out, g = _vjp_results(f, np.float32(0.5))
+      jax.effects_barrier()
+      return out, g, count[...], calls[0]
+    out, (g,), count, first_call = self.assertTransparent(prog)
+    self.assertAllClose(g, 2.0)
+    self.assertEqual(int(count), 1 if with_ref else 0)
+    self.assertAllClose(first_call, np.sin(0.5))
 
 
 if __name__ == "__main__":
