@@ -66,19 +66,33 @@ def _is_numpy_dtype(aval) -> bool:
 _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint32}
 
 
+@jax.jit
 def checksum(x):
-  """Two uint32 position-mixed sums of the bits of `x` (wrapping)."""
+  """Two uint32 position-mixed sums of the bits of `x` (wrapping).
+
+  Built so that XLA keeps it to one fused pass over `x`, also inside loops:
+  its own `jit` keeps it one equation that depends on `x` (a loop's partial
+  evaluation would otherwise hoist the loop-invariant positions out of the
+  body as arrays); the positions are offset by the first element, so no
+  full-size array of them is loop-invariant either (XLA would hoist and
+  materialize it); and both sums are one reduction with two outputs."""
   dt = np.dtype(x.dtype)
+  if x.size == 0:
+    return jax.numpy.zeros(2, np.uint32)
   if dt == np.bool_:
     bits = x.astype(np.uint32)
   else:
     bits = lax.bitcast_convert_type(x, _UINT[dt.itemsize]).astype(np.uint32)
-  bits = bits.reshape(-1)
-  idx = lax.iota(np.uint32, bits.shape[0])
-  h1 = jax.numpy.sum(bits * (idx * np.uint32(2654435761) + np.uint32(1)),
-                     dtype=np.uint32)
-  mixed = (bits ^ (idx * np.uint32(0x9E3779B9))) * np.uint32(0x85EBCA6B)
-  h2 = jax.numpy.sum(mixed ^ (mixed >> np.uint32(13)), dtype=np.uint32)
+  cols = x.shape[-1] if x.ndim else 1
+  bits = bits.reshape(x.size // cols, cols)
+  salt = bits[0, 0] | np.uint32(1)
+  row_start = lax.iota(np.uint32, bits.shape[0]) * np.uint32(cols) + salt
+  pos = row_start[:, None] + lax.iota(np.uint32, cols)[None, :]
+  weighted = bits * (pos * np.uint32(2654435761))
+  mixed = (bits ^ (pos * np.uint32(0x9E3779B9))) * np.uint32(0x85EBCA6B)
+  mixed = mixed ^ (mixed >> np.uint32(13))
+  h1, h2 = lax.reduce((weighted, mixed), (np.uint32(0), np.uint32(0)),
+                      lambda a, b: (a[0] + b[0], a[1] + b[1]), (0, 1))
   return jax.numpy.stack([h1, h2])
 
 
