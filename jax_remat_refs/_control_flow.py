@@ -98,6 +98,34 @@ def _discharge_local_refs(jaxpr: core.Jaxpr) -> core.Jaxpr:
   return out
 
 
+def discharge_written_local_refs(jaxpr: core.Jaxpr) -> core.Jaxpr:
+  """`jaxpr` with the refs it makes and writes turned into values, when it
+  only ever reads and writes them directly (not hands them to other
+  equations); else `jaxpr`.
+
+  JAX's partial evaluation rejects writing a differentiated value into a ref
+  made from a value without one ("Mutating a reference with unknown/
+  differentiated values is not supported"; a KeyError on 0.10.2), which
+  the program without remat runs. Such refs are local to the body, so their
+  values can be threaded instead, which partial evaluation splits."""
+  made = {e.outvars[0] for e in jaxpr.eqns if e.primitive is core.ref_p}
+  if not made:
+    return jaxpr
+  written = set()
+  for eqn in jaxpr.eqns:
+    used = [v for v in eqn.invars if isinstance(v, core.Var) and v in made]
+    if not used:
+      continue
+    if (eqn.primitive not in _rewrite.ACCESS_PRIMITIVES
+        or eqn.invars[0] not in made or len(used) > 1):
+      return jaxpr  # handed on: leave it to JAX
+    if eqn.primitive is not _rewrite.get_p:
+      written.add(eqn.invars[0])
+  if any(isinstance(v, core.Var) and v in made for v in jaxpr.outvars):
+    return jaxpr
+  return _discharge_local_refs(jaxpr) if written else jaxpr
+
+
 def _discharge_eqn(eqn: core.JaxprEqn) -> list[core.JaxprEqn]:
   # A one-equation jaxpr, discharged in all its ref inputs.
   ins = list(dict.fromkeys(v for v in eqn.invars if isinstance(v, core.Var)))

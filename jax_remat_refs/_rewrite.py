@@ -29,6 +29,7 @@ from jax_remat_refs import _semantics as sem
 get_p = state_primitives.get_p
 swap_p = state_primitives.swap_p
 addupdate_p = state_primitives.addupdate_p
+ACCESS_PRIMITIVES = (get_p, swap_p, addupdate_p)
 
 _WHOLE_REF_TREE = tree_structure(())  # the indexer tree of `ref[...]`
 

@@ -85,6 +85,7 @@ def _drop_positions(seq, drop):
 
 def remat_partial_eval(trace, *tracers, jaxpr, prevent_cse, differentiated,
                        policy):
+  jaxpr = _control_flow.discharge_written_local_refs(jaxpr)
   if not _rewrite.touches_input_refs(jaxpr):
     return UPSTREAM["partial_eval"](
         trace, *tracers, jaxpr=jaxpr, prevent_cse=prevent_cse,
@@ -207,6 +208,10 @@ def _read_whole(ref):
 def remat_partial_eval_custom(saveable, unks_in, inst_in, eqn):
   upstream = UPSTREAM["partial_eval_custom"]
   policy = eqn.params["policy"]
+  local = _control_flow.discharge_written_local_refs(eqn.params["jaxpr"])
+  if local is not eqn.params["jaxpr"]:
+    eqn = eqn.replace(params=dict(eqn.params, jaxpr=local),
+                      effects=core.eqn_effects(local, eqn.invars))
   known_ref_ins = [not u and _rewrite.is_ref(v)
                    for u, v in zip(unks_in, eqn.invars)]
   if not any(known_ref_ins) or not _snapshots_apply(policy):

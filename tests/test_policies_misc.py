@@ -2,7 +2,6 @@
 jax.ensure_compile_time_eval around ref creation. Programs are compared with
 the same program without remat (`no_remat`), or with hand-computed numbers
 where JAX cannot run the program without remat."""
-import unittest
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -182,13 +181,11 @@ class MiscRefTest(jtu.JaxTestCase):
       return jax.value_and_grad(g)(0.5), r[...]
     self.assertAllClose(prog(jax.remat), prog(no_remat))
 
-  # JAX limitation, not about external refs: a ref that the remat body itself
-  # creates, written with a differentiated value. Without remat the program
-  # works; with remat JAX fails (0.10.2: KeyError in remat_partial_eval's
+  # A ref that the remat body itself creates, written with a differentiated
+  # value. Upstream JAX fails (0.10.2: KeyError in remat_partial_eval's
   # eval_jaxpr; 0.12.0.1: NotImplementedError "Mutating a reference with
-  # unknown/differentiated values is not supported"), with or without
-  # jax_remat_refs. Kept as a marker for the lead (issue 5 report).
-  @unittest.expectedFailure
+  # unknown/differentiated values is not supported"); the body's own refs
+  # are threaded as values before partial evaluation, as without remat.
   def test_internal_ref_written_with_differentiated_value(self):
     def prog(R):
       @R
