@@ -64,26 +64,40 @@ def discharge_unsupported(jaxpr: core.Jaxpr) -> core.Jaxpr:
 
 def _discharge_in_params(eqn: core.JaxprEqn) -> core.JaxprEqn:
   """`eqn` with `discharge_unsupported` applied to its jaxpr parameters (the
-  bodies of scan/while/jit/remat). The rewrite keeps each body's inputs,
-  outputs and effects, so the equation stays valid as it is."""
+  bodies of scan/while/jit/remat); loop bodies also lose the refs they make.
+  The rewrite keeps each body's inputs and outputs."""
   if not any(isinstance(e, (RefEffect, core.InternalMutableArrayEffect))
              for e in eqn.effects):
     return eqn
   fix = discharge_unsupported
   if eqn.primitive in _LOOPS:
     fix = lambda j: _discharge_local_refs(discharge_unsupported(j))
-  params = {}
+  return _map_jaxpr_params(eqn, fix)
+
+
+def _map_jaxpr_params(eqn: core.JaxprEqn, fix) -> core.JaxprEqn:
+  """`eqn` with `fix` (jaxpr -> jaxpr, same inputs and outputs) applied to
+  each of its jaxpr parameters; an internal-refs effect that no body has
+  any more is dropped from the equation's effects."""
+  params, inner_effects = {}, set()
   for name, val in eqn.params.items():
     if isinstance(val, core.Jaxpr):
       new = fix(val)
+      inner_effects |= set(new.effects)
     elif hasattr(core, "ClosedJaxpr") and isinstance(val, core.ClosedJaxpr):
       new_inner = fix(val.jaxpr)
       new = val if new_inner is val.jaxpr else val.replace(jaxpr=new_inner)
+      inner_effects |= set(new_inner.effects)
     else:
       continue
     if new is not val:
       params[name] = new
-  return eqn.replace(params={**eqn.params, **params}) if params else eqn
+  if not params:
+    return eqn
+  internal = core.InternalMutableArrayEffect
+  effects = {e for e in eqn.effects if not isinstance(e, internal)}
+  effects |= {e for e in inner_effects if isinstance(e, internal)}
+  return eqn.replace(params={**eqn.params, **params}, effects=effects)
 
 
 @weakref_lru_cache
@@ -98,16 +112,27 @@ def _discharge_local_refs(jaxpr: core.Jaxpr) -> core.Jaxpr:
   return out
 
 
+@weakref_lru_cache
 def discharge_written_local_refs(jaxpr: core.Jaxpr) -> core.Jaxpr:
-  """`jaxpr` with the refs it makes and writes turned into values, when it
-  only ever reads and writes them directly (not hands them to other
-  equations); else `jaxpr`.
+  """`jaxpr` with the refs it makes and writes turned into values, at any
+  depth (also inside `jit`s and loops in it), where a body only ever reads
+  and writes such refs directly (never hands them to another equation).
 
   JAX's partial evaluation rejects writing a differentiated value into a ref
   made from a value without one ("Mutating a reference with unknown/
   differentiated values is not supported"; a KeyError on 0.10.2), which
-  the program without remat runs. Such refs are local to the body, so their
-  values can be threaded instead, which partial evaluation splits."""
+  the program without remat runs. Such refs are local to their body, so
+  their values can be threaded instead, which partial evaluation splits."""
+  eqns = [_map_jaxpr_params(e, discharge_written_local_refs)
+          if any(isinstance(x, core.InternalMutableArrayEffect)
+                 for x in e.effects) else e
+          for e in jaxpr.eqns]
+  if any(a is not b for a, b in zip(eqns, jaxpr.eqns)):
+    jaxpr = _rewrite._finish(jaxpr, jaxpr.invars, jaxpr.outvars, eqns)
+  return _discharge_own_written_refs(jaxpr)
+
+
+def _discharge_own_written_refs(jaxpr: core.Jaxpr) -> core.Jaxpr:
   made = {e.outvars[0] for e in jaxpr.eqns if e.primitive is core.ref_p}
   if not made:
     return jaxpr

@@ -73,6 +73,14 @@ class FuzzTest(jtu.JaxTestCase):
     wrong = dict(out=(1.0,), grads=(2.5,), refs={"r": 4.0}, calls=2)
     self.assertLen(oracle.compare("m", expected, wrong), 3)
 
+  def test_oracle_checks_itself_against_the_plain_call(self):
+    plain = dict(out=(1.0,), refs={"r": 3.0}, calls=1)
+    oracle._check_forward("vjp", plain, dict(out=(1.0,), grads=(2.0,),
+                                             refs={"r": 3.0}))
+    with self.assertRaises(oracle.OracleInconsistent):
+      oracle._check_forward("vjp", plain, dict(out=(1.0,), grads=(2.0,),
+                                               refs={"r": 3.1}))
+
   def test_upstream_remat_is_caught(self):
     # The seed program of the project, written as a fuzz program: upstream
     # JAX's remat (replaying the increment) must show up as a mismatch.
