@@ -71,7 +71,7 @@ def _discharge_in_params(eqn: core.JaxprEqn) -> core.JaxprEqn:
     return eqn
   fix = discharge_unsupported
   if eqn.primitive in _LOOPS:
-    fix = lambda j: _discharge_local_refs(discharge_unsupported(j))
+    fix = lambda j: _discharge_own_refs(discharge_unsupported(j), False)
   return _map_jaxpr_params(eqn, fix)
 
 
@@ -129,10 +129,14 @@ def discharge_written_local_refs(jaxpr: core.Jaxpr) -> core.Jaxpr:
           for e in jaxpr.eqns]
   if any(a is not b for a, b in zip(eqns, jaxpr.eqns)):
     jaxpr = _rewrite._finish(jaxpr, jaxpr.invars, jaxpr.outvars, eqns)
-  return _discharge_own_written_refs(jaxpr)
+  return _discharge_own_refs(jaxpr, True)
 
 
-def _discharge_own_written_refs(jaxpr: core.Jaxpr) -> core.Jaxpr:
+def _discharge_own_refs(jaxpr: core.Jaxpr, only_if_written: bool
+                        ) -> core.Jaxpr:
+  """`jaxpr` with the refs it makes turned into values, if it only reads and
+  writes them directly (and, with `only_if_written`, writes one); else
+  `jaxpr` (a ref handed to another equation is left to JAX)."""
   made = {e.outvars[0] for e in jaxpr.eqns if e.primitive is core.ref_p}
   if not made:
     return jaxpr
@@ -148,7 +152,9 @@ def _discharge_own_written_refs(jaxpr: core.Jaxpr) -> core.Jaxpr:
       written.add(eqn.invars[0])
   if any(isinstance(v, core.Var) and v in made for v in jaxpr.outvars):
     return jaxpr
-  return _discharge_local_refs(jaxpr) if written else jaxpr
+  if only_if_written and not written:
+    return jaxpr
+  return _discharge_local_refs(jaxpr)
 
 
 def _discharge_eqn(eqn: core.JaxprEqn) -> list[core.JaxprEqn]:

@@ -85,7 +85,8 @@ def _drop_positions(seq, drop):
 
 def remat_partial_eval(trace, *tracers, jaxpr, prevent_cse, differentiated,
                        policy):
-  jaxpr = _control_flow.discharge_written_local_refs(jaxpr)
+  jaxpr = _control_flow.discharge_unsupported(
+      _control_flow.discharge_written_local_refs(jaxpr))
   if not _rewrite.touches_input_refs(jaxpr):
     return UPSTREAM["partial_eval"](
         trace, *tracers, jaxpr=jaxpr, prevent_cse=prevent_cse,
@@ -98,7 +99,6 @@ def remat_partial_eval(trace, *tracers, jaxpr, prevent_cse, differentiated,
       [t.pval.get_known() if k else None for t, k in zip(tracers, known_refs)])
   if aliases:
     jaxpr = _rewrite.alias_invars(jaxpr, aliases)
-  jaxpr = _control_flow.discharge_unsupported(jaxpr)
   in_unknowns = [not t.is_known() for t in tracers]
   saveable = sem.unwrap_policy(policy) or ac.nothing_saveable
   jaxpr_known, jaxpr_staged, out_unknowns, out_inst, num_res = \
@@ -208,7 +208,8 @@ def _read_whole(ref):
 def remat_partial_eval_custom(saveable, unks_in, inst_in, eqn):
   upstream = UPSTREAM["partial_eval_custom"]
   policy = eqn.params["policy"]
-  local = _control_flow.discharge_written_local_refs(eqn.params["jaxpr"])
+  local = _control_flow.discharge_unsupported(
+      _control_flow.discharge_written_local_refs(eqn.params["jaxpr"]))
   if local is not eqn.params["jaxpr"]:
     eqn = eqn.replace(params=dict(eqn.params, jaxpr=local),
                       effects=core.eqn_effects(local, eqn.invars))

@@ -243,6 +243,46 @@ class FuzzRegressionTest(jtu.JaxTestCase):
     self.assertAllClose(run(jax.checkpoint, True), plain, rtol=1e-6, atol=1e-6)
     self.assertAllClose(run(jax.checkpoint, False), plain, rtol=1e-6, atol=1e-6)
 
+  def test_cond_updates_ref_made_in_body(self):
+    """Seed 4198: a cond branch addupdates a ref the remat body made (no
+    external ref): 'State effect not supported in cond partial-eval'
+    (0.10.2)."""
+    def prog(ck):
+      def f(x):
+        def blk():
+          q = jax.new_ref(jnp.tanh(x))
+          s = jnp.sum(x)
+          def bump():
+            q[1:3] += jnp.sin(s * jnp.ones(2, jnp.float32))
+          lax.cond(s > 0, lambda: None, bump)
+          return jnp.sum(q[...]) * s
+        return ck(blk)()
+      return _vjp_results(f, np.array([-0.3, 0.1, 0.2, -0.4], np.float32))
+    out, _ = self.assertTransparent(prog)
+    x = np.array([-0.3, 0.1, 0.2, -0.4])
+    q = np.tanh(x)
+    q[1:3] += np.sin(x.sum())
+    self.assertAllClose(out, q.sum() * x.sum())
+
+  def test_loop_hands_its_ref_to_nested_remat(self):
+    """Seed 5403: a loop body inside a remat makes a ref and hands it to a
+    nested remat: 'Did not ask for inval to be discharged' (both versions,
+    from the first fix of F)."""
+    def prog(ck):
+      flag = jax.new_ref(np.int32(3))
+      def f(x):
+        def blk():
+          def body(i, c):
+            q = jax.new_ref(c)
+            def inner(flag, q):  # takes both refs, reads neither
+              return (jnp.sin(jnp.cos(c)),)
+            (v,) = ck(inner)(flag, q)
+            return jnp.tanh(c) + v
+          return lax.fori_loop(0, 2, body, x) * flag[...].astype(jnp.float32)
+        return ck(blk)()
+      return _vjp_results(f, np.array([0.4, -0.2], np.float32))
+    self.assertTransparent(prog)
+
 
 if __name__ == "__main__":
   absltest.main(testLoader=jtu.JaxTestLoader())
