@@ -56,6 +56,7 @@ UPSTREAM = dict(
 # bind: fix the mode when the remat is traced
 
 def remat_bind(*args, jaxpr, prevent_cse, differentiated, policy):
+  args, jaxpr, prevent_cse = _drop_unused_ref_args(args, jaxpr, prevent_cse)
   if not _rewrite.touches_input_refs(jaxpr):
     policy = sem.unwrap_policy(policy)  # pure bodies: upstream's equation
   else:
@@ -70,6 +71,22 @@ def remat_bind(*args, jaxpr, prevent_cse, differentiated, policy):
           jaxpr, lambda i: _report.snapshot_label(jaxpr, i, policy))
   return UPSTREAM["bind"](*args, jaxpr=jaxpr, prevent_cse=prevent_cse,
                           differentiated=differentiated, policy=policy)
+
+
+def _drop_unused_ref_args(args, jaxpr, prevent_cse):
+  """Leave out ref arguments the body never uses. (A ref handed on but never
+  touched would otherwise be snapshotted by an enclosing remat, and that
+  read makes a `cond` around it unsplittable on jax 0.10.2.)"""
+  used = _rewrite.used_vars(jaxpr)
+  keep = [not (_rewrite.is_ref(v) and v not in used) for v in jaxpr.invars]
+  if all(keep):
+    return args, jaxpr, prevent_cse
+  args = tuple(a for a, k in zip(args, keep) if k)
+  if isinstance(prevent_cse, tuple):
+    prevent_cse = tuple(p for p, k in zip(prevent_cse, keep) if k)
+  invars = [v for v, k in zip(jaxpr.invars, keep) if k]
+  return args, _rewrite._finish(jaxpr, invars, jaxpr.outvars, jaxpr.eqns), \
+      prevent_cse
 
 
 def _snapshots_apply(policy) -> bool:

@@ -283,6 +283,28 @@ class FuzzRegressionTest(jtu.JaxTestCase):
       return _vjp_results(f, np.array([0.4, -0.2], np.float32))
     self.assertTransparent(prog)
 
+  def test_ref_handed_to_nested_remat_in_cond_in_scan(self):
+    """Seed 5308: in a scan body, a cond branch holds a remat handing a ref
+    (made in the scan body) to a nested remat that never touches it: the
+    outer remat's snapshot read of it made the cond unsplittable ('State
+    effect not supported in cond partial-eval', 0.10.2)."""
+    def prog(ck):
+      def f(x, y):
+        def body(c, _):
+          q = jax.new_ref(jnp.broadcast_to(x, (2,)))
+          def branch():
+            def middle():
+              ck(lambda q: ())(q)
+              return ()
+            ck(lambda: ck(middle)())()
+            return x
+          v = lax.cond(c > 0, branch, lambda: jnp.cos(y))
+          return jnp.tanh(c + v), None
+        return lax.scan(body, y, None, length=1)[0]
+      return _vjp_results(f, np.float32(0.162), np.float32(-0.931))
+    out, _ = self.assertTransparent(prog)
+    self.assertAllClose(out, np.tanh(-0.931 + np.cos(-0.931)))
+
 
 if __name__ == "__main__":
   absltest.main(testLoader=jtu.JaxTestLoader())
