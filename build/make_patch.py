@@ -1422,9 +1422,14 @@ def write_pr_description(version, pkg_files, test_files, left_out,
       "and is carried over with only its imports rewritten; it installs its "
       "rules into the tables `ad_checkpoint.py` fills (`remat_p.bind`, "
       "`pe.custom_partial_eval_rules`, `pe.partial_eval_jaxpr_custom_rules`, "
-      "`ad.fancy_transposes`), and `_compat.py` keeps the shims for the JAX "
-      "versions it supports. Folding the rules into `ad_checkpoint.py` proper "
-      "and exposing `ref_effects=` on `jax.checkpoint` are follow-ups.",
+      "`ad.fancy_transposes`), replaces the `debug_callback` partial-eval "
+      "rule with one that passes a callback's saved-by-name operands to the "
+      "rematerialization (a `KeyError` today, also without refs), and on "
+      "0.10.2 also `remat_p`'s DCE rule and the `swap` transpose (fixes 0.12 "
+      "already has). `_compat.py` keeps the shims for the JAX versions it "
+      "supports. Folding the rules into `ad_checkpoint.py` proper, fixing "
+      "the `debug_callback` rule at its source, and exposing `ref_effects=` "
+      "on `jax.checkpoint` are follow-ups.",
   ]
   if left_out:
     lines += ["", "Left out of the patch (demo/integration only): " +
