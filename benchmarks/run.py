@@ -238,12 +238,24 @@ def trace_scaling(n_steps, reps=5):
   return a, b, eqns
 
 
-def ratio(a, b):
-  """a/b; 1.0 when both are 0 (e.g. no temp memory at all); nan when either
-  is missing (a program that failed) or only b is 0."""
-  if a is None or b is None or a < 0 or b < 0 or (a == 0) != (b == 0):
+def ratio(a, b, floor=0):
+  """a/b, each counted as at least `floor` (temp bytes: a few scalars are
+  not a difference); 1.0 when both are 0; nan when either is missing (a
+  program that failed) or only one is 0."""
+  if a is None or b is None or a < 0 or b < 0:
+    return float("nan")
+  a, b = max(a, floor), max(b, floor)
+  if (a == 0) != (b == 0):
     return float("nan")
   return 1.0 if a == b == 0 else a / b
+
+
+TEMP_FLOOR = 1024
+
+
+def _fmt(x, width):
+  """Two decimals; ratios below 0.01 in scientific notation."""
+  return f"{x:{width}.1e}" if 0 < x < 0.01 else f"{x:{width}.2f}"
 
 
 def main(argv=None):
@@ -276,17 +288,18 @@ def main(argv=None):
   for name, builder, make_ref in workloads:
     rows = run_workload(name, builder, ns.reps, make_ref)
     A, B, C, U = (rows[k] for k in "ABCU")
-    r = dict(mem_AB=ratio(A["temp_bytes"], B["temp_bytes"]),
-             mem_AC=ratio(A["temp_bytes"], C["temp_bytes"]),
-             mem_AU=ratio(A["temp_bytes"], U["temp_bytes"]),
+    r = dict(mem_AB=ratio(A["temp_bytes"], B["temp_bytes"], TEMP_FLOOR),
+             mem_AC=ratio(A["temp_bytes"], C["temp_bytes"], TEMP_FLOOR),
+             mem_AU=ratio(A["temp_bytes"], U["temp_bytes"], TEMP_FLOOR),
              res_AB=ratio(A["residual_bytes"], B["residual_bytes"]),
              time_AB=ratio(A["step_ms"], B["step_ms"]),
              time_UB=ratio(U["step_ms"], B["step_ms"]),
              compile_AB=ratio(A["compile_s"], B["compile_s"]))
     results[name] = dict(rows=rows, ratios=r)
-    print(f"{name:30s} {r['mem_AB']:8.2f} {r['mem_AC']:8.2f} {r['mem_AU']:8.2f} "
-          f"{r['res_AB']:8.2f} {r['time_AB']:8.2f} {r['time_UB']:6.2f} "
-          f"{r['compile_AB']:11.2f}", flush=True)
+    print(f"{name:30s} {_fmt(r['mem_AB'], 8)} {_fmt(r['mem_AC'], 8)} "
+          f"{_fmt(r['mem_AU'], 8)} {_fmt(r['res_AB'], 8)} "
+          f"{_fmt(r['time_AB'], 8)} {_fmt(r['time_UB'], 6)} "
+          f"{_fmt(r['compile_AB'], 11)}", flush=True)
   print()
   print("trace time of jit(value_and_grad) against remat body size "
         "(equations in the body; A refs, B pure):")
