@@ -101,7 +101,7 @@ def _map_jaxpr_params(eqn: core.JaxprEqn, fix) -> core.JaxprEqn:
 
 
 @weakref_lru_cache
-def _discharge_local_refs(jaxpr: core.Jaxpr) -> core.Jaxpr:
+def discharge_local_refs(jaxpr: core.Jaxpr) -> core.Jaxpr:
   """`jaxpr` with the refs it makes itself (`new_ref`) turned into values; its
   input refs stay refs, so inputs, outputs and outer effects are unchanged."""
   if not any(e.primitive is core.ref_p for e in jaxpr.eqns):
@@ -154,7 +154,7 @@ def _discharge_own_refs(jaxpr: core.Jaxpr, only_if_written: bool
     return jaxpr
   if only_if_written and not written:
     return jaxpr
-  return _discharge_local_refs(jaxpr)
+  return discharge_local_refs(jaxpr)
 
 
 def _discharge_eqn(eqn: core.JaxprEqn) -> list[core.JaxprEqn]:

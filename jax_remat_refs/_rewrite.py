@@ -306,7 +306,6 @@ def append_outvars(jaxpr: core.Jaxpr, outvars) -> core.Jaxpr:
   return jaxpr.replace(outvars=[*jaxpr.outvars, *outvars])
 
 
-@weakref_lru_cache
 def move_outvars_last(jaxpr: core.Jaxpr, start: int, count: int) -> core.Jaxpr:
   """`jaxpr` with outputs `start .. start+count-1` moved behind the others."""
   outs = list(jaxpr.outvars)
@@ -314,6 +313,7 @@ def move_outvars_last(jaxpr: core.Jaxpr, start: int, count: int) -> core.Jaxpr:
   return jaxpr.replace(outvars=outs)
 
 
+@weakref_lru_cache
 def append_entry_reads(jaxpr: core.Jaxpr, positions: tuple[int, ...]
                        ) -> core.Jaxpr:
   """Add outputs holding the contents of the ref invars at `positions`, read

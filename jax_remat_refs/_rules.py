@@ -371,11 +371,10 @@ def remat_dce(used_outputs, eqn):
   """jax 0.10.2's rule, with two fixes for remats left without outputs.
 
   An effectful remat with no live output and no live input is kept (0.10.2
-  drops it, losing e.g. its callbacks). And a remat without outputs gets
-  `prevent_cse=False`: with nothing to recompute for later use there is
-  nothing to protect from CSE, and jaxlib 0.10.2's XLA rejects the
-  optimization barrier of such a remat inside a cond branch ("Invalid
-  sharding")."""
+  drops it, losing e.g. its callbacks). And a remat without outputs loses
+  its dead private refs (`_drop_private_refs`) and gets `prevent_cse=False`
+  (nothing it computes is used later, so there is nothing to keep apart
+  from CSE)."""
   used_inputs, new_eqn = UPSTREAM["dce"](used_outputs, eqn)
   if (new_eqn is None and not any(used_outputs)
       and ac._has_effects(eqn.params["jaxpr"].effects)):
@@ -396,11 +395,10 @@ def _drop_private_refs(jaxpr: core.Jaxpr) -> core.Jaxpr:
   their updates are discharged and removed; what stays are the effects that
   made the remat live. jaxlib 0.10.2's XLA otherwise fails on the leftovers
   of such refs under a cond ("Invalid sharding")."""
-  if (jaxpr.outvars or any(_rewrite.is_ref(v) for v in jaxpr.invars)
-      or not any(e.primitive is core.ref_p for e in jaxpr.eqns)):
+  if jaxpr.outvars or any(_rewrite.is_ref(v) for v in jaxpr.invars):
     return jaxpr
-  pure, consts = _compat.discharge_state(jaxpr, [False] * len(jaxpr.invars))
-  if consts:
+  pure = _control_flow.discharge_local_refs(jaxpr)
+  if pure is jaxpr:
     return jaxpr
   pure, _ = pe.dce_jaxpr(pure, [], instantiate=True)  # keeps every input
   return pure
