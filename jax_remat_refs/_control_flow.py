@@ -9,14 +9,19 @@ and write back the refs it writes. The program means the same thing, and
 both the forward and the rematerializing pass can be split as pure code.
 
 Two more rewrites keep loops inside a remat body splittable: refs a loop
-body makes itself are discharged there (partial eval would otherwise pass
-them between the halves of the body), and on jax 0.10.2 a loop that writes
+body makes itself are discharged there, also where the body hands them to a
+nested remat or jit, which then takes their values (partial eval would
+otherwise pass them between the halves of the body, or hoist them out of
+the loop), and on jax 0.10.2 a loop that writes
 refs is put into value form like `cond` (0.10.2 loses such writes when the
 remat or the loop sits in another loop).
 """
 from __future__ import annotations
 
 from jax._src import core
+from jax._src.ad_checkpoint import remat_p
+from jax._src.pjit import jit_p
+from jax._src.sharding_impls import UNSPECIFIED
 from jax._src.lax.control_flow.conditionals import cond_p
 from jax._src.lax.control_flow.loops import scan_p, while_p
 from jax._src.state.types import AbstractRef, RefEffect
@@ -135,15 +140,22 @@ def discharge_written_local_refs(jaxpr: core.Jaxpr) -> core.Jaxpr:
 def _discharge_own_refs(jaxpr: core.Jaxpr, only_if_written: bool
                         ) -> core.Jaxpr:
   """`jaxpr` with the refs it makes turned into values, if it only reads and
-  writes them directly (and, with `only_if_written`, writes one); else
-  `jaxpr` (a ref handed to another equation is left to JAX)."""
+  writes them directly or hands them to a remat or jit (which then takes
+  their values, see `_calls_take_values`), and, with `only_if_written`,
+  writes or hands on one; else `jaxpr` (a ref handed to another equation is
+  left to JAX)."""
   made = {e.outvars[0] for e in jaxpr.eqns if e.primitive is core.ref_p}
   if not made:
     return jaxpr
-  written = set()
+  orig = jaxpr
+  written, to_calls = set(), False
   for eqn in jaxpr.eqns:
     used = [v for v in eqn.invars if isinstance(v, core.Var) and v in made]
     if not used:
+      continue
+    if eqn.primitive in _CALLS and len(set(used)) == len(used):
+      written.update(used)  # the call takes them by value, see below
+      to_calls = True
       continue
     if (eqn.primitive not in _rewrite.ACCESS_PRIMITIVES
         or eqn.invars[0] not in made or len(used) > 1):
@@ -154,7 +166,61 @@ def _discharge_own_refs(jaxpr: core.Jaxpr, only_if_written: bool
     return jaxpr
   if only_if_written and not written:
     return jaxpr
+  if to_calls:
+    jaxpr = _calls_take_values(jaxpr, made)
+    if jaxpr is None:
+      return orig
   return discharge_local_refs(jaxpr)
+
+
+# Equations that call a body with their inputs; a ref made by the enclosing
+# body that is handed to one of them is passed by value instead.
+_CALLS = (remat_p, jit_p)
+
+
+def _calls_take_values(jaxpr: core.Jaxpr, made: set) -> core.Jaxpr | None:
+  """`jaxpr` with each remat or jit equation that takes refs in `made`
+  rewritten to take their contents instead and return their new contents
+  (its body makes the refs from them and is discharged in them), read before
+  it and written back after it. The refs are private to `jaxpr`, so nothing
+  else sees them meanwhile. None where a body cannot be discharged."""
+  eqns: list[core.JaxprEqn] = []
+  for eqn in jaxpr.eqns:
+    pos = [i for i, v in enumerate(eqn.invars)
+           if eqn.primitive in _CALLS and isinstance(v, core.Var)
+           and v in made]
+    if not pos:
+      eqns.append(eqn)
+      continue
+    param = eqn.params["jaxpr"]
+    body = param if isinstance(param, core.Jaxpr) else param.jaxpr
+    ins, body_ins, news, finals = list(eqn.invars), list(body.invars), [], []
+    for i in pos:
+      ref, inner = eqn.invars[i], body.invars[i]
+      val, body_val = core.Var(ref.aval.inner_aval), core.Var(ref.aval.inner_aval)
+      eqns.append(_rewrite._read_whole_eqn(ref, val))
+      ins[i], body_ins[i] = val, body_val
+      news.append(_rewrite._new_ref_eqn(body_val, inner))
+      finals.append((ref, inner, core.Var(ref.aval.inner_aval),
+                     core.Var(ref.aval.inner_aval)))
+    reads = [_rewrite._read_whole_eqn(inner, f) for _, inner, f, _ in finals]
+    body = _discharge_own_refs(_rewrite._finish(
+        body, body_ins, list(body.outvars) + [f for _, _, f, _ in finals],
+        news + list(body.eqns) + reads), False)
+    if core.internal_mutable_array_effect in body.effects:
+      return None  # the body hands them on in turn
+    params = dict(eqn.params, jaxpr=body if isinstance(param, core.Jaxpr)
+                  else param.replace(jaxpr=body))
+    if eqn.primitive is jit_p:
+      extra = len(finals)
+      params.update(out_shardings=params["out_shardings"] + (UNSPECIFIED,) * extra,
+                    out_layouts=params["out_layouts"] + (None,) * extra)
+    outs = list(eqn.outvars) + [new for _, _, _, new in finals]
+    eqns.append(eqn.replace(invars=ins, outvars=outs, params=params,
+                            effects=core.eqn_effects(body, ins)))
+    eqns.extend(_rewrite._write_whole_eqn(ref, new)
+                for ref, _, _, new in finals)
+  return _rewrite._finish(jaxpr, jaxpr.invars, jaxpr.outvars, eqns)
 
 
 def _discharge_eqn(eqn: core.JaxprEqn) -> list[core.JaxprEqn]:

@@ -306,5 +306,53 @@ class FuzzRegressionTest(jtu.JaxTestCase):
     self.assertAllClose(out, np.tanh(-0.931 + np.cos(-0.931)))
 
 
+  @parameterized.product(length=(1, 3), wrap=("remat", "remat-jit", "jit-remat"))
+  def test_nested_remat_writes_loop_invariant_ref_at_index(self, length, wrap):
+    """Seed 9608: a loop body inside a remat makes a ref from a value that
+    does not change across iterations and hands it, with an external ref,
+    to a nested remat (or jit) writing it at the loop index: JAX's loop
+    partial eval (hoisting what does not depend on the iteration) raised
+    'Mutating a reference with unknown/differentiated values' (0.12.0.1;
+    this reduced form: a JaxprTypeError on 0.10.2). JAX without remat gets
+    vjp's output wrong here (it loses the write), so the oracle is the plain
+    call and forward mode."""
+    r0 = np.array([-1.2, -0.8], np.float32)
+    def build(ck):
+      r = jax.new_ref(r0)
+      def f(x):
+        def blk():
+          w = jnp.tanh(x) * 2.
+          def body(i, c):
+            q = jax.new_ref(w)  # the same value in every iteration
+            v = r[...]
+            def inner():
+              q[i % 2] += lax.stop_gradient(jnp.tanh(jnp.sum(v)))
+              return v
+            if wrap == "remat-jit":
+              inner = jax.jit(inner)
+            inner = ck(inner)
+            if wrap == "jit-remat":
+              inner = jax.jit(inner)
+            u = inner()
+            return jnp.sin(c + u) + q[...]
+          return lax.fori_loop(0, length, body, x)
+        return ck(blk)()
+      return f, r
+    x = np.array([1.1, -1.3], np.float32)
+    c = x
+    for i in range(length):
+      q = np.tanh(x) * 2.
+      q[i % 2] += np.tanh(r0.sum())
+      c = np.sin(c + r0) + q
+    f, _ = build(_identity)
+    self.assertAllClose(f(x), c, rtol=1e-5, atol=1e-5)
+    expected_grad = np.array([jnp.sum(jax.jvp(f, (x,), (e,))[1])
+                              for e in np.eye(2, dtype=np.float32)])
+    f, r = build(jax.checkpoint)
+    out, (grad,) = _vjp_results(f, x)
+    self.assertAllClose(out, c, rtol=1e-5, atol=1e-5)
+    self.assertAllClose(grad, expected_grad, rtol=1e-5, atol=1e-5)
+    self.assertAllClose(r[...], r0)
+
 if __name__ == "__main__":
   absltest.main(testLoader=jtu.JaxTestLoader())
