@@ -10,8 +10,9 @@ For each workload, the same values and gradients are computed by
      compile with ref arguments under jit).
 Refs are made outside jit and passed in, as a user keeps state.
 Reported per program: XLA temp bytes of the compiled step, residual bytes
-(`saved_residuals`), median step time, trace+compile time; then the ratios
-A/B, A/C and A/U. Results also go to benchmarks/results/bench.json.
+(`saved_residuals`), median step time (A, B, C and U timed interleaved),
+trace+compile time (best of 3); then the ratios A/B, A/C and A/U. Results
+also go to benchmarks/results/bench-jax<version>.json.
 """
 from __future__ import annotations
 
@@ -151,53 +152,68 @@ def cache_like(L):
 
 # --------------------------------------------------------------------------
 
-def measure(loss, args, state, make_ref, reps):
+COMPILES = 3  # trace+compile time: the best of this many, caches cleared
+
+
+def prepare(loss, args, state, make_ref):
   """Compiles jit(value_and_grad(loss)) for (*args, *refs made from state)
-  (plain arrays when make_ref is None) and measures it."""
+  (plain arrays when make_ref is None); returns its static figures and a
+  `step` that runs it once and returns the seconds it took."""
   fresh = lambda: [make_ref(s) for s in state] if make_ref else list(state)
-  grad = jax.jit(jax.value_and_grad(loss))
-  t0 = time.perf_counter()
-  compiled = grad.lower(*args, *fresh()).compile()
-  compile_s = time.perf_counter() - t0
+  compile_s = []
+  for _ in range(COMPILES):
+    jax.clear_caches()
+    t0 = time.perf_counter()
+    compiled = jax.jit(jax.value_and_grad(loss)).lower(*args, *fresh()).compile()
+    compile_s.append(time.perf_counter() - t0)
   mem = compiled.memory_analysis()
   temp = int(getattr(mem, "temp_size_in_bytes", -1)) if mem is not None else -1
   res = sum(_nbytes(a) for a, _ in
             ad_checkpoint.saved_residuals(loss, *args, *fresh()))
-  out = compiled(*args, *fresh())
+  out = compiled(*args, *fresh())  # also the warm-up run
   jax.block_until_ready(out)
   refs = fresh()  # mutated by every call: the cost does not depend on values
-  times = []
-  for _ in range(reps):
+
+  def step():
     t0 = time.perf_counter()
     jax.block_until_ready(compiled(*args, *refs))
-    times.append(time.perf_counter() - t0)
-  return dict(temp_bytes=temp, residual_bytes=res,
-              step_ms=1e3 * statistics.median(times), compile_s=compile_s,
-              value=float(out[0]))
+    return time.perf_counter() - t0
+  return dict(temp_bytes=temp, residual_bytes=res, compile_s=min(compile_s),
+              value=float(out[0])), step
 
 
-def try_measure(*a):
+def try_prepare(*a):
   try:
-    return measure(*a)
+    return prepare(*a)
   except Exception as e:  # JAX itself fails on some ref programs
-    return dict(temp_bytes=None, residual_bytes=None, step_ms=None,
-                compile_s=None, value=float("nan"),
-                error=f"{type(e).__name__}: {e}"[:200])
+    return dict(temp_bytes=None, residual_bytes=None, compile_s=None,
+                value=float("nan"), error=f"{type(e).__name__}: {e}"[:200]), None
 
 
 def run_workload(name, builder, reps, make_ref=jax.new_ref):
+  """Static figures and median step time of A, B, C and U; the steps are
+  timed interleaved (A, B, C, U, A, ...) so that load on the machine
+  reaches all four alike."""
   with_ref, pure, args, state = builder()
-  rows = {}
-  rows["A"] = measure(with_ref(jax.remat), args, state, make_ref, reps)
-  rows["B"] = measure(pure, args, state, None, reps)
-  rows["C"] = try_measure(with_ref(lambda f: f), args, state, make_ref, reps)
+  rows, steps = {}, {}
+  rows["A"], steps["A"] = prepare(with_ref(jax.remat), args, state, make_ref)
+  rows["B"], steps["B"] = prepare(pure, args, state, None)
+  rows["C"], steps["C"] = try_prepare(with_ref(lambda f: f), args, state,
+                                      make_ref)
   # Upstream's remat returns the refs themselves as residuals of its own
   # partial eval, which jit rejects unless JAX's returned-ref check is off.
   with jax_remat_refs.upstream_behavior(), config.mutable_array_checks(False):
-    rows["U"] = try_measure(with_ref(jax.remat), args, state, make_ref, reps)
+    rows["U"], steps["U"] = try_prepare(with_ref(jax.remat), args, state,
+                                        make_ref)
   for k in "AC":
     if abs(rows[k]["value"] - rows["B"]["value"]) > 1e-3 * max(1, abs(rows["B"]["value"])):
       raise AssertionError(f"{name}: {k}'s value differs from the pure program's")
+  times = {k: [] for k, step in steps.items() if step is not None}
+  for _ in range(reps):
+    for k in times:
+      times[k].append(steps[k]())
+  for k, row in rows.items():
+    row["step_ms"] = 1e3 * statistics.median(times[k]) if k in times else None
   return rows
 
 
@@ -260,7 +276,7 @@ def _fmt(x, width):
 
 def main(argv=None):
   p = argparse.ArgumentParser()
-  p.add_argument("--reps", type=int, default=10)
+  p.add_argument("--reps", type=int, default=30)
   p.add_argument("--quick", action="store_true", help="L=8 only")
   ns = p.parse_args(argv)
   Ls = (8,) if ns.quick else (8, 32, 128)
