@@ -105,16 +105,46 @@ def _map_jaxpr_params(eqn: core.JaxprEqn, fix) -> core.JaxprEqn:
   return eqn.replace(params={**eqn.params, **params}, effects=effects)
 
 
-@weakref_lru_cache
 def discharge_local_refs(jaxpr: core.Jaxpr) -> core.Jaxpr:
   """`jaxpr` with the refs it makes itself (`new_ref`) turned into values; its
-  input refs stay refs, so inputs, outputs and outer effects are unchanged."""
+  input refs stay refs, so inputs, outputs and outer effects are unchanged.
+  `jaxpr` itself where that cannot be done."""
   if not any(e.primitive is core.ref_p for e in jaxpr.eqns):
     return jaxpr
-  out, consts = _compat.discharge_state(jaxpr, [False] * len(jaxpr.invars))
+  return _discharge_local(jaxpr)
+
+
+@weakref_lru_cache
+def _discharge_local(jaxpr: core.Jaxpr) -> core.Jaxpr:
+  calls_done = _calls_without_own_refs(jaxpr)
+  if calls_done is None:
+    return jaxpr
+  out, consts = _compat.discharge_state(calls_done,
+                                        [False] * len(jaxpr.invars))
   if consts or out.constvars:
     return jaxpr
   return out
+
+
+def _calls_without_own_refs(jaxpr: core.Jaxpr) -> core.Jaxpr | None:
+  """`jaxpr` with the refs made inside its remat and jit equations that also
+  take refs from outside `jaxpr` discharged there (JAX's discharge rules for
+  remat and jit would discharge those outside refs too, "Did not ask for
+  inval to be discharged"); None where one of them cannot be."""
+  made = {e.outvars[0] for e in jaxpr.eqns if e.primitive is core.ref_p}
+  eqns = []
+  for eqn in jaxpr.eqns:
+    if (eqn.primitive in _CALLS
+        and core.internal_mutable_array_effect in eqn.effects
+        and any(_rewrite.is_ref(v) and v not in made for v in eqn.invars)):
+      body = _discharge_local(_call_body(eqn))
+      if core.internal_mutable_array_effect in body.effects:
+        return None
+      eqn = _with_call_body(eqn, body, eqn.invars, eqn.outvars)
+    eqns.append(eqn)
+  if all(a is b for a, b in zip(eqns, jaxpr.eqns)):
+    return jaxpr
+  return _rewrite._finish(jaxpr, jaxpr.invars, jaxpr.outvars, eqns)
 
 
 @weakref_lru_cache
@@ -192,8 +222,7 @@ def _calls_take_values(jaxpr: core.Jaxpr, made: set) -> core.Jaxpr | None:
     if not pos:
       eqns.append(eqn)
       continue
-    param = eqn.params["jaxpr"]
-    body = param if isinstance(param, core.Jaxpr) else param.jaxpr
+    body = _call_body(eqn)
     ins, body_ins, news, finals = list(eqn.invars), list(body.invars), [], []
     for i in pos:
       ref, inner = eqn.invars[i], body.invars[i]
@@ -209,18 +238,31 @@ def _calls_take_values(jaxpr: core.Jaxpr, made: set) -> core.Jaxpr | None:
         news + list(body.eqns) + reads), False)
     if core.internal_mutable_array_effect in body.effects:
       return None  # the body hands them on in turn
-    params = dict(eqn.params, jaxpr=body if isinstance(param, core.Jaxpr)
-                  else param.replace(jaxpr=body))
-    if eqn.primitive is jit_p:
-      extra = len(finals)
-      params.update(out_shardings=params["out_shardings"] + (UNSPECIFIED,) * extra,
-                    out_layouts=params["out_layouts"] + (None,) * extra)
     outs = list(eqn.outvars) + [new for _, _, _, new in finals]
-    eqns.append(eqn.replace(invars=ins, outvars=outs, params=params,
-                            effects=core.eqn_effects(body, ins)))
+    eqns.append(_with_call_body(eqn, body, ins, outs))
     eqns.extend(_rewrite._write_whole_eqn(ref, new)
                 for ref, _, _, new in finals)
   return _rewrite._finish(jaxpr, jaxpr.invars, jaxpr.outvars, eqns)
+
+
+def _call_body(eqn: core.JaxprEqn) -> core.Jaxpr:
+  param = eqn.params["jaxpr"]
+  return param if isinstance(param, core.Jaxpr) else param.jaxpr
+
+
+def _with_call_body(eqn: core.JaxprEqn, body: core.Jaxpr, invars, outvars
+                    ) -> core.JaxprEqn:
+  """The remat or jit `eqn` calling `body` on `invars`; outputs `body` has
+  beyond the equation's own come last."""
+  param = eqn.params["jaxpr"]
+  params = dict(eqn.params, jaxpr=body if isinstance(param, core.Jaxpr)
+                else param.replace(jaxpr=body))
+  extra = len(outvars) - len(eqn.outvars)
+  if eqn.primitive is jit_p and extra:
+    params.update(out_shardings=params["out_shardings"] + (UNSPECIFIED,) * extra,
+                  out_layouts=params["out_layouts"] + (None,) * extra)
+  return eqn.replace(invars=list(invars), outvars=list(outvars), params=params,
+                     effects=core.eqn_effects(body, invars))
 
 
 def _discharge_eqn(eqn: core.JaxprEqn) -> list[core.JaxprEqn]:

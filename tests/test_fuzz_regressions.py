@@ -354,5 +354,33 @@ class FuzzRegressionTest(jtu.JaxTestCase):
     self.assertAllClose(grad, expected_grad, rtol=1e-5, atol=1e-5)
     self.assertAllClose(r[...], r0)
 
+  @parameterized.parameters("jit", "remat")
+  def test_call_with_own_ref_and_outside_ref_beside_written_local_ref(self, call):
+    """Seed 5859: a remat body makes a ref and writes a differentiated value
+    into it, and calls a jit (or remat) that takes an external ref and makes
+    a ref of its own: discharging the body's ref also discharged the
+    external one ('Did not ask for inval to be discharged', both versions)."""
+    def prog(ck):
+      r = jax.new_ref(np.float32(1.5))
+      def f(x, y):
+        def blk():
+          q = jax.new_ref(jnp.broadcast_to(x, (3,)))
+          def inner(r):
+            p = jax.new_ref(x)
+            return p[...] * r[...]
+          wrap = jax.jit if call == "jit" else ck
+          v = wrap(inner)(r)
+          q[1] = jnp.tanh(v)
+          return q[...].sum()
+        return ck(blk)() * y
+      return _vjp_results(f, np.float32(-0.3), np.float32(0.7)), r[...]
+    (out, grads), r_final = self.assertTransparent(prog)
+    x, y = np.float32(-0.3), np.float32(0.7)
+    self.assertAllClose(out, (2 * x + np.tanh(1.5 * x)) * y)
+    self.assertAllClose(grads, ((2 + 1.5 / np.cosh(1.5 * x) ** 2) * y,
+                                2 * x + np.tanh(1.5 * x)))
+    self.assertAllClose(r_final, np.float32(1.5))
+
+
 if __name__ == "__main__":
   absltest.main(testLoader=jtu.JaxTestLoader())
