@@ -36,6 +36,9 @@ _DISCHARGED_PRIMITIVES = (cond_p,)
 # half of the body to the other ("returned a mutable array reference"): refs
 # made in their bodies are discharged (they are local, so nothing changes).
 _LOOPS = (scan_p, while_p)
+# Equations that call a body on their inputs: a ref made by the enclosing
+# body and handed to one of them is passed by value (`_calls_take_values`).
+_CALLS = (remat_p, jit_p)
 
 
 def _needs_discharge(eqn: core.JaxprEqn) -> bool:
@@ -150,8 +153,8 @@ def _calls_without_own_refs(jaxpr: core.Jaxpr) -> core.Jaxpr | None:
 @weakref_lru_cache
 def discharge_written_local_refs(jaxpr: core.Jaxpr) -> core.Jaxpr:
   """`jaxpr` with the refs it makes and writes turned into values, at any
-  depth (also inside `jit`s and loops in it), where a body only ever reads
-  and writes such refs directly (never hands them to another equation).
+  depth (also inside `jit`s and loops in it), where a body only reads and
+  writes such refs directly or hands them to a remat or `jit`.
 
   JAX's partial evaluation rejects writing a differentiated value into a ref
   made from a value without one ("Mutating a reference with unknown/
@@ -201,11 +204,6 @@ def _discharge_own_refs(jaxpr: core.Jaxpr, only_if_written: bool
     if jaxpr is None:
       return orig
   return discharge_local_refs(jaxpr)
-
-
-# Equations that call a body with their inputs; a ref made by the enclosing
-# body that is handed to one of them is passed by value instead.
-_CALLS = (remat_p, jit_p)
 
 
 def _calls_take_values(jaxpr: core.Jaxpr, made: set) -> core.Jaxpr | None:
