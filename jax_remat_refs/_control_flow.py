@@ -129,12 +129,16 @@ def _discharge_local(jaxpr: core.Jaxpr) -> core.Jaxpr:
   return out
 
 
+def _refs_made_in(jaxpr: core.Jaxpr) -> set:
+  return {e.outvars[0] for e in jaxpr.eqns if e.primitive is core.ref_p}
+
+
 def _calls_without_own_refs(jaxpr: core.Jaxpr) -> core.Jaxpr | None:
   """`jaxpr` with the refs made inside its remat and jit equations that also
   take refs from outside `jaxpr` discharged there (JAX's discharge rules for
   remat and jit would discharge those outside refs too, "Did not ask for
   inval to be discharged"); None where one of them cannot be."""
-  made = {e.outvars[0] for e in jaxpr.eqns if e.primitive is core.ref_p}
+  made = _refs_made_in(jaxpr)
   eqns = []
   for eqn in jaxpr.eqns:
     if (eqn.primitive in _CALLS
@@ -177,7 +181,7 @@ def _discharge_own_refs(jaxpr: core.Jaxpr, only_if_written: bool
   their values, see `_calls_take_values`), and, with `only_if_written`,
   writes or hands on one; else `jaxpr` (a ref handed to another equation is
   left to JAX)."""
-  made = {e.outvars[0] for e in jaxpr.eqns if e.primitive is core.ref_p}
+  made = _refs_made_in(jaxpr)
   if not made:
     return jaxpr
   orig = jaxpr

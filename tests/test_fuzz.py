@@ -29,8 +29,7 @@ PER_SHARD = 20   # SHARDS * PER_SHARD programs: seeds FIRST_SEED + [0, 180)
 # a JAX bug without remat, is there too.)
 FOUND_BY_SCALE_RUNS = (182, 186, 209, 219, 273, 281, 291, 306, 336, 383, 912,
                        928, 1035, 1060, 1085, 1189, 1380, 2622, 2786, 4198,
-                       4326, 4390, 5308, 5403, 5859, 6465, 7446,
-                       9608)
+                       4326, 4390, 5308, 5403, 5859, 6465, 7446, 9608)
 
 
 def _check(seeds):
