@@ -140,6 +140,48 @@ class ReadOnlyRefTest(jtu.JaxTestCase):
     self.assertFalse(np.array_equal(base, jrr._read_only.checksum(x[::-1])))
     self.assertTrue(np.array_equal(base, jrr._read_only.checksum(x + 0.)))
 
+  @parameterized.parameters(np.float64, np.int64, np.float32, np.bool_)
+  def test_eight_byte_dtypes_under_x64(self, dtype):
+    # With x64 on, 8-byte refs are checked on both 32-bit words of each
+    # element (this used to crash reshaping the words).
+    with jax.enable_x64(True):
+      vals = np.array([3, 1, 2], dtype)
+      x = jnp.array([0.5, -1., 2.], np.float64)
+      def f(rm, x):
+        w_ref = jrr.read_only_ref(vals) if rm is jax.remat else jax.new_ref(vals)
+        g = rm(lambda x: jnp.sum(jnp.sin(x * w_ref[...].astype(x.dtype))))
+        return jax.grad(g)(x)
+      got = f(jax.remat, x)
+      self.assertEqual(got.dtype, np.float64)
+      self.assertAllClose(got, f(no_remat, x))
+      self.assertAllClose(got, np.cos(x * vals.astype(np.float64))
+                          * vals.astype(np.float64))
+      # A change in either word of one element changes the checksum.
+      base = np.asarray(jrr._read_only.checksum(jnp.asarray(vals)))
+      if np.dtype(dtype).kind == "f":
+        # the smallest change (low word) and a change of the exponent
+        changes = [np.nextafter(vals[1], dtype(np.inf)), vals[1] * 4]
+      elif np.dtype(dtype).kind == "i":
+        changes = [vals[1] + 1] + ([vals[1] + 2 ** 40] if dtype == np.int64
+                                   else [])
+      else:
+        changes = [np.logical_not(vals[1])]
+      for new in changes:
+        changed = vals.copy()
+        changed[1] = new
+        self.assertFalse(np.array_equal(
+            base, jrr._read_only.checksum(jnp.asarray(changed))))
+
+      def broken(x):
+        w_ref = jrr.read_only_ref(vals)
+        g = jax.remat(lambda x: jnp.sum(x * w_ref[...].astype(x.dtype)))
+        _, vjp = jax.vjp(g, x)
+        w_ref[...] = jnp.logical_not(vals) if dtype == np.bool_ else vals * 2
+        return vjp(1.)
+      with self.assertRaisesRegex(Exception,
+                                  "declared read-only.*contents changed"):
+        jax.block_until_ready(broken(x))
+
 
 if __name__ == "__main__":
   absltest.main(testLoader=jtu.JaxTestLoader())
