@@ -10,9 +10,11 @@ For each workload, the same values and gradients are computed by
      compile with ref arguments under jit).
 Refs are made outside jit and passed in, as a user keeps state.
 Reported per program: XLA temp bytes of the compiled step, residual bytes
-(`saved_residuals`), median step time (A, B, C and U timed interleaved),
-trace+compile time (best of 3); then the ratios A/B, A/C and A/U. Results
-also go to benchmarks/results/bench-jax<version>.json.
+(`saved_residuals`), median step time (A, B, C and U timed interleaved,
+60 steps each), trace+compile time (best of 5, JAX's caches cleared); then
+the ratios A/B, A/C and A/U, U/B for step and compile time (what refs cost in
+JAX itself) and A-B compile milliseconds. Results also go to
+benchmarks/results/bench-jax<version>.json.
 """
 from __future__ import annotations
 
@@ -152,7 +154,7 @@ def cache_like(L):
 
 # --------------------------------------------------------------------------
 
-COMPILES = 3  # trace+compile time: the best of this many, caches cleared
+COMPILES = 5  # trace+compile time: the best of this many, caches cleared
 
 
 def prepare(loss, args, state, make_ref):
@@ -276,7 +278,7 @@ def _fmt(x, width):
 
 def main(argv=None):
   p = argparse.ArgumentParser()
-  p.add_argument("--reps", type=int, default=30)
+  p.add_argument("--reps", type=int, default=60)
   p.add_argument("--quick", action="store_true", help="L=8 only")
   ns = p.parse_args(argv)
   Ls = (8,) if ns.quick else (8, 32, 128)
@@ -298,7 +300,8 @@ def main(argv=None):
   print(f"jax {jax.__version__}, {platform.machine()}, {os.cpu_count()} cpus, "
         f"{jax.devices()[0].platform}; width {WIDTH}, batch {BATCH}")
   hdr = (f"{'workload':30s} {'mem A/B':>8s} {'mem A/C':>8s} {'mem A/U':>8s} "
-         f"{'res A/B':>8s} {'time A/B':>8s} {'U/B':>6s} {'compile A/B':>11s}")
+         f"{'res A/B':>8s} {'time A/B':>8s} {'U/B':>6s} {'compile A/B':>11s} "
+         f"{'U/B':>6s} {'A-B ms':>7s}")
   print(hdr)
   results = {}
   for name, builder, make_ref in workloads:
@@ -310,12 +313,15 @@ def main(argv=None):
              res_AB=ratio(A["residual_bytes"], B["residual_bytes"]),
              time_AB=ratio(A["step_ms"], B["step_ms"]),
              time_UB=ratio(U["step_ms"], B["step_ms"]),
-             compile_AB=ratio(A["compile_s"], B["compile_s"]))
+             compile_AB=ratio(A["compile_s"], B["compile_s"]),
+             compile_UB=ratio(U["compile_s"], B["compile_s"]),
+             compile_A_minus_B_ms=1e3 * (A["compile_s"] - B["compile_s"]))
     results[name] = dict(rows=rows, ratios=r)
     print(f"{name:30s} {_fmt(r['mem_AB'], 8)} {_fmt(r['mem_AC'], 8)} "
           f"{_fmt(r['mem_AU'], 8)} {_fmt(r['res_AB'], 8)} "
           f"{_fmt(r['time_AB'], 8)} {_fmt(r['time_UB'], 6)} "
-          f"{_fmt(r['compile_AB'], 11)}", flush=True)
+          f"{_fmt(r['compile_AB'], 11)} {_fmt(r['compile_UB'], 6)} "
+          f"{r['compile_A_minus_B_ms']:7.0f}", flush=True)
   print()
   print("trace time of jit(value_and_grad) against remat body size "
         "(equations in the body; A refs, B pure):")

@@ -78,28 +78,23 @@ def checksum(x):
   materialize it); and both sums are one reduction with two outputs."""
   dt = np.dtype(x.dtype)
   if x.size == 0:
-    return lax.full((2,), 0, np.uint32)
+    return jax.numpy.zeros(2, np.uint32)
   if dt == np.bool_:
-    bits = lax.convert_element_type(x, np.uint32)
+    bits = x.astype(np.uint32)
   else:
-    bits = lax.bitcast_convert_type(x, _UINT[dt.itemsize])
-    if bits.ndim > x.ndim:  # 8-byte elements: two uint32 words each
-      bits = lax.reshape(bits, (*x.shape[:-1], x.shape[-1] * 2) if x.ndim
-                         else (2,))
-    bits = lax.convert_element_type(bits, np.uint32)
+    bits = lax.bitcast_convert_type(x, _UINT[dt.itemsize]).astype(np.uint32)
+  # 8-byte elements are two uint32 words each: one more (trailing) axis.
   cols = bits.shape[-1] if bits.ndim else 1
-  bits = lax.reshape(bits, (bits.size // cols, cols))
-  salt = lax.reshape(lax.slice(bits, (0, 0), (1, 1)), ()) | np.uint32(1)
-  shape = bits.shape
-  pos = (lax.broadcasted_iota(np.uint32, shape, 0) * np.uint32(cols)
-         + lax.broadcasted_iota(np.uint32, shape, 1) + salt)
+  bits = bits.reshape(bits.size // cols, cols)
+  salt = bits[0, 0] | np.uint32(1)
+  row_start = lax.iota(np.uint32, bits.shape[0]) * np.uint32(cols) + salt
+  pos = row_start[:, None] + lax.iota(np.uint32, cols)[None, :]
   weighted = bits * (pos * np.uint32(2654435761))
   mixed = (bits ^ (pos * np.uint32(0x9E3779B9))) * np.uint32(0x85EBCA6B)
   mixed = mixed ^ (mixed >> np.uint32(13))
   h1, h2 = lax.reduce((weighted, mixed), (np.uint32(0), np.uint32(0)),
                       lambda a, b: (a[0] + b[0], a[1] + b[1]), (0, 1))
-  return lax.concatenate([lax.broadcast(h1, (1,)), lax.broadcast(h2, (1,))],
-                         0)
+  return jax.numpy.stack([h1, h2])
 
 
 CHECKSUM_AVAL = core.ShapedArray((2,), np.dtype(np.uint32))
