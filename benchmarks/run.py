@@ -100,11 +100,11 @@ def mlp_stats(L):
   return with_ref, pure, (ws, x), (jnp.zeros(WIDTH),)
 
 
-def stacked_weights(L, outer=False):
+def stacked_weights(L, outer=False, batch=BATCH):
   """Weights in one stacked ref read by slice, never written; x is
   differentiated (the weights are state)."""
   ws = jax.random.normal(jax.random.key(0), (L, WIDTH, WIDTH)) / np.sqrt(WIDTH)
-  x = jax.random.normal(jax.random.key(1), (BATCH, WIDTH))
+  x = jax.random.normal(jax.random.key(1), (batch, WIDTH))
 
   def with_ref(rm):
     def loss(x, w_ref):
@@ -290,6 +290,14 @@ def main(argv=None):
                  jax.new_ref) for L in Ls]
   workloads += [(f"3 read-only w_ref[i] L={L}", lambda L=L: stacked_weights(L),
                  ro) for L in Ls]
+  # At batch 16 a layer's matmul costs about what reading its weights does;
+  # a larger batch shows the per-byte costs (the saved copy, the read-only
+  # check) against a layer with more compute.
+  big = 256
+  workloads += [(f"3 stacked L=32 batch {big}",
+                 lambda: stacked_weights(32, batch=big), jax.new_ref),
+                (f"3 read-only L=32 batch {big}",
+                 lambda: stacked_weights(32, batch=big), ro)]
   workloads += [(f"3 remat(scan) w_ref[i] L={L}",
                  lambda L=L: stacked_weights(L, outer=True), jax.new_ref)
                 for L in Ls]
