@@ -22,11 +22,17 @@ if "jax._src.remat_refs" in _sys.modules:
 
 from jax_remat_refs import _compat
 
+# Errors, warnings and source locations point at the user's code, not ours.
+import os as _os  # noqa: E402
+from jax._src import source_info_util as _siu, traceback_util as _tbu  # noqa: E402
+_siu.register_exclusion(_os.path.dirname(__file__))
+_tbu.register_exclusion(_os.path.dirname(__file__))
+
 _compat.check_jax_version()
 
 from jax_remat_refs import _remat3  # noqa: E402
 from jax_remat_refs import _rules  # noqa: E402
-from jax_remat_refs._errors import RematRefError  # noqa: E402
+from jax_remat_refs._errors import RematRefError, RematRefWarning  # noqa: E402
 from jax_remat_refs._read_only import read_only_ref, READ_ONLY_KIND  # noqa: E402
 from jax_remat_refs._semantics import MODES, ONCE, REPLAY, FORBID  # noqa: E402
 from jax_remat_refs.api import (  # noqa: E402
@@ -41,7 +47,7 @@ _active = False
 def activate() -> None:
   """Install the ref-aware remat rules (idempotent)."""
   global _active
-  _rules.install(_rules.PATCHED)
+  _rules.install()
   _remat3.install()
   _active = True
 
@@ -49,7 +55,7 @@ def activate() -> None:
 def deactivate() -> None:
   """Restore upstream JAX's remat rules (idempotent)."""
   global _active
-  _rules.install(_rules.UPSTREAM)
+  _rules.uninstall()
   _remat3.uninstall()
   _active = False
 

@@ -5,35 +5,34 @@ through modules whose API is identical on every supported version.
 """
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Any
 
 import jax
-from jax._src import config
+from jax._src import ad_checkpoint as ac
 from jax._src import core
 from jax._src.interpreters import ad
 from jax._src.interpreters import partial_eval as pe
+from jax._src.state import primitives as state_primitives
 from jax._src.state import discharge as state_discharge
 
 TESTED_JAX_VERSIONS = ("0.10.2", "0.12.0.1")
 ALLOW_UNTESTED_ENV = "JAX_REMAT_REFS_ALLOW_UNTESTED_JAX"
 
 JAX_VERSION = jax.__version__
-# 0.12 made `core.Jaxpr` carry its own consts (no ClosedJaxpr in most APIs),
-# gave `new_ref` a `pin` parameter and made fancy transpose rules return logs.
+# 0.12 made `core.Jaxpr` carry its own consts (no ClosedJaxpr in most APIs).
 JAXPR_IS_CLOSED = hasattr(core.Jaxpr, "consts")
-NEW_REF_HAS_PIN = "pin" in core.new_ref.__code__.co_varnames
-# 0.12 passes `live_ins` to DCE rules; 0.10.2's `remat_dce` also drops a remat
-# whose only effect is, say, a debug callback (its effects test is inverted).
-DCE_RULE_TAKES_LIVE_INS = JAXPR_IS_CLOSED
-# 0.10.2's swap transpose accumulates into the swapped-in value even when it
-# is a constant (no cotangent slot) once the ref's cotangent exists; remat's
-# transpose creates those cotangent refs, so this shows up under remat.
-SWAP_TRANSPOSE_ASSUMES_LINEAR_VALUE = not JAXPR_IS_CLOSED
-# 0.10.2's partial evaluation loses ref writes made by loops inside a remat
-# when that remat sits in another loop or the loop in another loop: inside a
-# remat, loops that write refs are put into value form (see _control_flow).
-NESTED_LOOP_PE_LOSES_WRITES = not JAXPR_IS_CLOSED
+# A `remat_p` DCE rule that takes `live_ins` is the one that keeps effectful
+# remats whose outputs are unused; the older form (0.10.x, 0.11.x) drops a
+# remat whose only effect is, say, a debug callback.
+DCE_RULE_KEEPS_EFFECTS = "live_ins" in inspect.signature(
+    pe.dce_rules[ac.remat_p]).parameters
+# The `swap` transpose rule of 0.10.x accumulates a cotangent into the value
+# swapped in even when that value is a constant (not a `GradAccum`); the fixed
+# rule checks for it.
+SWAP_TRANSPOSE_CHECKS_CONSTANT = "GradAccum" in inspect.getsource(
+    ad.fancy_transposes[state_primitives.swap_p])
 
 
 def check_jax_version() -> None:
@@ -48,55 +47,32 @@ def check_jax_version() -> None:
       f"to import it anyway at your own risk.")
 
 
-def new_ref_params(ref_aval) -> dict[str, Any]:
-  """Params of a `new_ref` equation that recreates a ref of type `ref_aval`."""
-  params = dict(memory_space=ref_aval.memory_space, kind=ref_aval.kind)
-  if NEW_REF_HAS_PIN:
-    params["pin"] = False
-  return params
-
-
 def close(jaxpr: core.Jaxpr):
   """A consts-free jaxpr in the form JAX APIs taking 'a closed jaxpr' want."""
   assert not jaxpr.constvars
   return jaxpr if JAXPR_IS_CLOSED else core.ClosedJaxpr(jaxpr, [])
 
 
+# The types of the jaxprs found in equation params.
+JAXPR_TYPES = (core.Jaxpr,) if JAXPR_IS_CLOSED else (core.Jaxpr, core.ClosedJaxpr)
+
+
 def open_closed(closed) -> tuple[core.Jaxpr, list[Any]]:
-  """Inverse of `close`: (jaxpr with constvars, consts)."""
-  if JAXPR_IS_CLOSED:
-    return closed, list(closed.consts)
+  """Inverse of `close`: (jaxpr with constvars, consts). An open jaxpr is
+  returned as it is."""
+  if JAXPR_IS_CLOSED or isinstance(closed, core.Jaxpr):
+    return closed, list(getattr(closed, "consts", ()))
   return closed.jaxpr, list(closed.consts)
 
 
 def discharge_state(jaxpr: core.Jaxpr, should_discharge) -> tuple[core.Jaxpr, list]:
-  """Discharge the refs selected by `should_discharge` (one per invar)."""
+  """Discharge the refs selected by `should_discharge` (one per invar) of a
+  consts-free jaxpr: (jaxpr with constvars, consts)."""
   out = state_discharge.discharge_state(close(jaxpr),
-                                        should_discharge=should_discharge)
+                                        should_discharge=list(should_discharge))
   return open_closed(out)
 
 
-def partial_eval_nounits(jaxpr: core.Jaxpr, unknowns, instantiate):
-  """`pe.partial_eval_jaxpr_nounits` on a consts-free jaxpr.
-
-  Returns (known jaxpr, known consts, unknown jaxpr, unknown consts,
-  out_unknowns, residual avals)."""
-  # Refs may pass from the known to the unknown part as residuals: both run
-  # inside one traced function, so the returned-ref check does not apply.
-  with config.mutable_array_checks(False):
-    known, unknown, out_uk, res_avals = pe.partial_eval_jaxpr_nounits(
-        close(jaxpr), unknowns, instantiate)
-  kj, kc = open_closed(known)
-  uj, uc = open_closed(unknown)
-  return kj, kc, uj, uc, out_uk, res_avals
-
-
-def backward_pass(jaxpr: core.Jaxpr, consts, args, cts):
-  """`ad.backward_pass3`; returns its log dict (always {} before 0.12)."""
-  logs = ad.backward_pass3(jaxpr, False, consts, args, cts)
-  return logs or {}
-
-
-def transpose_rule_result(logs):
-  """What a fancy transpose rule returns on this version."""
-  return logs if JAXPR_IS_CLOSED else None
+def effect_input(effect):
+  """The jaxpr var a `JaxprInputEffect` (e.g. a `RefEffect`) is about."""
+  return effect.input

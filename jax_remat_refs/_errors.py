@@ -1,15 +1,21 @@
-"""Errors raised by jax_remat_refs, with messages that name remat and the ref."""
+"""Errors and warnings of jax_remat_refs, with messages that name remat and
+the ref."""
 from __future__ import annotations
+
+import warnings
 
 from jax._src import core
 from jax._src import source_info_util
-from jax._src.state.types import RefEffect
 
-from jax_remat_refs import _rewrite
+from jax_remat_refs import _jaxpr_util as ju
 
 
 class RematRefError(Exception):
   """A remat-decorated function used a ref in a way that is not supported."""
+
+
+class RematRefWarning(UserWarning):
+  """A remat-decorated function is run without rematerialization."""
 
 
 def describe_input(jaxpr: core.Jaxpr, i: int) -> str:
@@ -24,24 +30,47 @@ def describe_input(jaxpr: core.Jaxpr, i: int) -> str:
   return f"{what} of type Ref{{{ty}}}"
 
 
-def first_effect(jaxpr: core.Jaxpr, ref: core.Var, kinds=(RefEffect,)) -> str:
-  """Source location of the first equation with an effect of `kinds` on
-  `ref`."""
-  for eqn in jaxpr.eqns:
-    if ref in _rewrite.ref_effect_inputs(eqn.effects, kinds):
-      return source_info_util.summarize(eqn.source_info)
-  return "unknown location"
+def _where(eqn) -> str:
+  return (source_info_util.summarize(eqn.source_info) if eqn is not None
+          else "unknown location")
+
+
+def _fun(jaxpr: core.Jaxpr) -> str:
+  return jaxpr.debug_info.func_src_info if jaxpr.debug_info else "the function"
 
 
 def raise_forbidden(jaxpr: core.Jaxpr) -> None:
-  touched = _rewrite.ref_effect_inputs(jaxpr.effects)
-  i = next(i for i, v in enumerate(jaxpr.invars) if v in touched)
-  fun = jaxpr.debug_info.func_src_info if jaxpr.debug_info else "the function"
+  i = ju.touched_ref_invars(jaxpr).index(True)
   raise RematRefError(
-      f"jax.remat(ref_effects='forbid'): {fun} touches a ref it did not create, "
-      f"the {describe_input(jaxpr, i)}; first access at "
-      f"{first_effect(jaxpr, jaxpr.invars[i])}. With ref_effects='forbid' a "
-      "remat-decorated function may only use refs it creates itself. Pass the "
-      "value instead of the ref, or choose ref_effects='once' (effects happen "
-      "in the forward pass only) or 'replay' (the rematerialization repeats "
-      "them).")
+      f"jax.remat(ref_effects='forbid'): {_fun(jaxpr)} touches a ref it did "
+      f"not create, the {describe_input(jaxpr, i)}; first access at "
+      f"{_where(ju.first_access(jaxpr, jaxpr.invars[i]))}. With "
+      "ref_effects='forbid' a remat-decorated function may only use refs it "
+      "creates itself. Pass the value instead of the ref, or choose "
+      "ref_effects='once' (effects happen in the forward pass only) or "
+      "'replay' (the rematerialization repeats them).")
+
+
+def raise_read_only_written(jaxpr: core.Jaxpr, i: int, kinds) -> None:
+  raise RematRefError(
+      f"jax.remat: {_fun(jaxpr)} writes the {describe_input(jaxpr, i)}, which "
+      "was declared read-only with jax_remat_refs.read_only_ref; first write at "
+      f"{_where(ju.first_access(jaxpr, jaxpr.invars[i], kinds))}. Make it with "
+      "jax.new_ref instead.")
+
+
+def warn_not_rematerialized(jaxpr: core.Jaxpr, eqn) -> None:
+  message = (
+      f"jax.remat: {_fun(jaxpr)} calls a {eqn.primitive} function that reads "
+      f"or writes a ref (at {_where(eqn)}). A custom differentiation rule "
+      "over refs has no value form that keeps the rule, so this remat is not "
+      "rematerialized: it runs as if undecorated (ref effects once, its "
+      "residuals saved), which gives the same results as without jax.remat. "
+      "Pass the ref's value to the custom_vjp/custom_jvp function to get "
+      "rematerialization back.")
+  frame = source_info_util.user_frame(source_info_util.current().traceback)
+  if frame is None:
+    warnings.warn(message, RematRefWarning, stacklevel=2)
+  else:
+    warnings.warn_explicit(message, RematRefWarning, frame.file_name,
+                           frame.start_line)

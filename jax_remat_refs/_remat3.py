@@ -46,7 +46,7 @@ from jax._src.state.types import AbstractRef
 
 from jax_remat_refs import _semantics as sem
 from jax_remat_refs import _errors
-from jax_remat_refs import _rewrite
+from jax_remat_refs import _jaxpr_util as ju
 from jax_remat_refs._errors import RematRefError
 
 _tls = threading.local()
@@ -204,7 +204,7 @@ def _used_input_refs(jaxpr) -> list[int]:
   """Positions of ref inputs that the traced body uses at all (reads, writes,
   or passes on, e.g. as a custom_vjp residual)."""
   j = _open(jaxpr)
-  used = _rewrite.used_vars(j)
+  used = ju.used_vars(j)
   ins = [*j.constvars, *j.invars]
   return [i for i, v in enumerate(ins)
           if isinstance(v.aval, AbstractRef) and v in used]

@@ -2,6 +2,8 @@
 remat body. Every program is compared with the same program without remat
 (`no_remat` in place of `jax.remat`)."""
 
+import warnings
+
 from absl.testing import absltest
 import jax
 from jax import lax
@@ -9,6 +11,7 @@ import jax.numpy as jnp
 from jax._src import test_util as jtu
 
 import jax_remat_refs  # noqa: F401  (activates the patch)
+from jax_remat_refs import RematRefWarning
 
 
 def no_remat(f=None, **_):
@@ -19,9 +22,44 @@ class CustomVJPRefTest(jtu.JaxTestCase):
 
   def assertSameAsNoRemat(self, prog):
     expected = prog(no_remat)
-    actual = prog(jax.remat)
+    # A custom rule whose primal touches a ref runs without remat, with a
+    # RematRefWarning (test_custom_rule_on_ref_warns); the others remat.
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", RematRefWarning)
+      actual = prog(jax.remat)
     self.assertAllClose(actual, expected)
     return actual
+
+  def test_custom_rule_on_ref_warns(self):
+    s = jax.new_ref(2.)
+    @jax.custom_vjp
+    def h(x):
+      return x * s[...]
+    h.defvjp(lambda x: (h(x), s[...]), lambda sv, g: (g * sv,))
+    g = jax.remat(lambda x: jnp.sin(h(x)))
+    with self.assertWarnsRegex(RematRefWarning, "not rematerialized"):
+      got = jax.grad(g)(1.)
+    self.assertAllClose(got, 2. * jnp.cos(2.))
+
+  def test_custom_rule_without_refs_in_primal_remats(self):
+    # The backward rule writes a ref; the primal does not touch it: value
+    # form applies, no warning, and the rematerialization is real.
+    stash = jax.new_ref(0.)
+    @jax.custom_vjp
+    def tap(x):
+      return x
+    def bwd(_, g):
+      stash[...] += g
+      return (g,)
+    tap.defvjp(lambda x: (x, None), bwd)
+    g = jax.remat(lambda x: jnp.sin(tap(x * 2.)) * 3.)
+    with warnings.catch_warnings():
+      warnings.simplefilter("error", RematRefWarning)
+      jaxpr = jax.make_jaxpr(jax.grad(g))(1.)
+      got = jax.grad(g)(1.)
+    self.assertIn("remat2", str(jaxpr))
+    self.assertAllClose(got, 6. * jnp.cos(2.))
+    self.assertAllClose(stash[...], 3. * jnp.cos(2.))
 
   def test_custom_vjp_reads_closed_over_ref_body_writes_it(self):
     def prog(R):
@@ -169,7 +207,11 @@ class CustomJVPRefTest(jtu.JaxTestCase):
 
   def assertSameAsNoRemat(self, prog):
     expected = prog(no_remat)
-    actual = prog(jax.remat)
+    # A custom rule whose primal touches a ref runs without remat, with a
+    # RematRefWarning (test_custom_rule_on_ref_warns); the others remat.
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", RematRefWarning)
+      actual = prog(jax.remat)
     self.assertAllClose(actual, expected)
     return actual
 

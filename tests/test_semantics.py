@@ -128,7 +128,9 @@ class ModesTest(jtu.JaxTestCase):
 
 class NestedModesTest(jtu.JaxTestCase):
   """An outer remat calling an inner remat of `seed`; the only ref effects
-  are in the inner body, and the inner remat's choice governs them.
+  are in the inner body. The inner remat's choice governs its own
+  rematerialization; a "replay" outer remat replays everything its body does,
+  the inner call included.
 
   Under grad (x = 1 at entry, y = 1) the inner body runs three times: the
   forward pass, the outer rematerialization, and the inner rematerialization
@@ -158,10 +160,11 @@ class NestedModesTest(jtu.JaxTestCase):
 
   @parameterized.named_parameters(("eager", False), ("jit", True))
   def test_outer_replay_inner_once(self, jit):
-    # The inner body's effects happen once, in the forward pass (x -> 2);
-    # every rematerialization of it reads the value at its entry (1). The
-    # outer body has no effects of its own to replay. grad 1, ref 2.
-    self.assertEqual(self._run("replay", "once", jit), (1., 2.))
+    # The inner "once" remat is traced into the outer body as a read at its
+    # entry, a pure remat and a write-back: effects of the outer body, which
+    # an outer "replay" remat replays on the real ref. Its
+    # rematerialization reads x = 2 (grad 2) and writes 3.
+    self.assertEqual(self._run("replay", "once", jit), (2., 3.))
 
   @parameterized.named_parameters(("eager", False), ("jit", True))
   def test_outer_once_inner_replay(self, jit):
@@ -306,18 +309,36 @@ class GlobalDefaultTest(jtu.JaxTestCase):
 
 class JaxprTest(jtu.JaxTestCase):
 
-  @parameterized.named_parameters(("once", "once"), ("replay", "replay"))
-  def test_mode_in_policy_param(self, mode):
-    text = str(jax.make_jaxpr(jrr.remat(seed, ref_effects=mode))(
-        1., jax.new_ref(1.)))
-    self.assertIn(f"RefEffects('{mode}'", text)
+  def _remats(self, fun, *args):
+    jaxpr = jax.make_jaxpr(fun)(*args).jaxpr
+    return jaxpr, [e for e in jaxpr.eqns if e.primitive.name == "remat2"]
 
-  def test_default_mode_in_policy_param(self):
+  def test_once_is_value_form(self):
+    # "once": the refs are read at entry, the remat body is pure, and the
+    # refs it writes are written back after it.
+    jaxpr, (remat,) = self._remats(jrr.remat(seed, ref_effects="once"),
+                                   1., jax.new_ref(1.))
+    body = remat.params["jaxpr"]
+    self.assertFalse(any(hasattr(v.aval, "inner_aval") for v in body.invars))
+    self.assertEmpty(body.effects)
+    names = [e.primitive.name for e in jaxpr.eqns]
+    self.assertLess(names.index("get"), names.index("remat2"))
+    self.assertLess(names.index("remat2"), names.index("swap"))
+    self.assertNotIn("RefEffects", str(remat.params["policy"]))
+
+  def test_replay_keeps_effects_and_shows_mode(self):
+    _, (remat,) = self._remats(jrr.remat(seed, ref_effects="replay"),
+                               1., jax.new_ref(1.))
+    self.assertIn("RefEffects('replay'", str(remat.params["policy"]))
+    self.assertTrue(any(hasattr(v.aval, "inner_aval")
+                        for v in remat.params["jaxpr"].invars))
+
+  def test_default_mode_is_read_at_trace_time(self):
     with jrr.ref_effects_default("replay"):
-      text = str(jax.make_jaxpr(jax.remat(seed))(1., jax.new_ref(1.)))
-    self.assertIn("RefEffects('replay'", text)
-    text = str(jax.make_jaxpr(jax.remat(seed))(1., jax.new_ref(1.)))
-    self.assertIn("RefEffects('once'", text)
+      _, (remat,) = self._remats(jax.remat(seed), 1., jax.new_ref(1.))
+    self.assertIn("RefEffects('replay'", str(remat.params["policy"]))
+    _, (remat,) = self._remats(jax.remat(seed), 1., jax.new_ref(1.))
+    self.assertEmpty(remat.params["jaxpr"].effects)
 
   @parameterized.named_parameters(*((m, m) for m in jrr.MODES))
   def test_pure_function_shows_no_mode(self, mode):

@@ -1,0 +1,54 @@
+"""Reads of refs a loop never writes are loop-invariant.
+
+When `scan` is partially evaluated, residuals of its known body that depend
+only on its consts are hoisted out of the loop instead of being stacked per
+iteration (`loops._scan_known_hoisting`). Upstream treats every ref const as
+unknown there, so a remat in a scan body that reads a stacked weight ref
+(in value form: the ref's value at remat entry) saves the whole ref once per
+iteration, O(L^2) memory for L layers.
+
+A ref that the known body never writes holds the same value in every
+iteration. `scan_known_hoisting` discharges such refs in the known body (a
+body with effects on a ref equals the pure body on the ref's value) and
+passes their values, read once before the loop, as ordinary consts; then
+upstream's hoisting treats them as it treats array consts: residuals that
+depend only on them (the value itself, a slice at a const index) are
+hoisted, and weights in a ref cost what weights in an array cost.
+"""
+from __future__ import annotations
+
+from jax._src.interpreters import partial_eval as pe
+from jax._src.lax.control_flow import loops
+from jax._src.state import discharge as state_discharge
+from jax._src.state import primitives as state_primitives
+
+from jax_remat_refs import _compat
+from jax_remat_refs import _jaxpr_util as ju
+
+UPSTREAM_HOISTING = loops._scan_known_hoisting
+
+
+def scan_known_hoisting(jaxpr_known, known_consts, *num_res):
+  body, _ = _compat.open_closed(jaxpr_known)
+  written = ju.written_ref_invars(body)
+  invariant = [ju.is_ref(c) and not w for c, w in zip(known_consts, written)]
+  if not any(invariant):
+    return UPSTREAM_HOISTING(jaxpr_known, known_consts, *num_res)
+  should = invariant + [False] * (len(body.invars) - len(known_consts))
+  discharged = state_discharge.discharge_state(jaxpr_known,
+                                               should_discharge=should)
+  # Drop the discharged refs' final values (their initial values).
+  n_out = len(jaxpr_known.out_avals)
+  discharged = pe.prune_closed_jaxpr_outputs(
+      discharged, [True] * n_out + [False] * (len(discharged.out_avals) - n_out))
+  consts = [state_primitives.ref_get(c, ()) if inv else c
+            for c, inv in zip(known_consts, invariant)]
+  return UPSTREAM_HOISTING(discharged, consts, *num_res)
+
+
+def install():
+  loops._scan_known_hoisting = scan_known_hoisting
+
+
+def uninstall():
+  loops._scan_known_hoisting = UPSTREAM_HOISTING

@@ -1,0 +1,148 @@
+"""Remat of a body with ref effects, in value form.
+
+By JAX's state-discharge semantics (what `jit` lowering does), a body
+``f(x, r)`` with effects on refs ``r`` is the same program as::
+
+    v = r[...]                     # read every ref once, at remat entry
+    y, v_new = f_pure(x, v)        # the discharged body: values in, values out
+    r[...] = v_new                 # write back the refs the body writes
+
+`remat_bind` binds `remat_p` in this form. The remat then wraps a pure
+function, which upstream's rules rematerialize correctly under every
+transformation; the reads and the write-back sit outside it and run once, in
+the forward pass; the rematerialization sees ``v``, the values at remat
+entry. Nothing here special-cases grad, vmap, loops or nesting: a nested
+remat was put in value form when it was traced, and an enclosing discharge
+takes any other ref-effectful equation (cond, scan, jit, a ``"replay"``
+remat) through JAX's own discharge rules.
+
+Two things value form cannot express are handled before it:
+* the same ref passed twice (aliased inputs) is merged into one input;
+* a `custom_vjp` / `custom_jvp` function whose primal reads or writes a ref
+  has no discharged form that keeps its custom rule; such a remat body runs
+  without remat (as if undecorated: effects once, residuals saved) and a
+  `RematRefWarning` says so.
+"""
+from __future__ import annotations
+
+from jax._src import ad_checkpoint as ac
+from jax._src import core
+from jax._src import custom_derivatives
+from jax._src import linear_util as lu
+from jax._src.util import weakref_lru_cache
+from jax._src.interpreters import partial_eval as pe
+from jax._src.state import primitives as state_primitives
+
+from jax_remat_refs import _compat
+from jax_remat_refs import _errors
+from jax_remat_refs import _jaxpr_util as ju
+from jax_remat_refs import _read_only
+from jax_remat_refs import _report
+from jax_remat_refs import _semantics as sem
+
+remat_p = ac.remat_p
+UPSTREAM_BIND = remat_p.bind
+
+_CUSTOM_RULE_PRIMITIVES = tuple(
+    p for p in (getattr(custom_derivatives, "custom_vjp_call_p", None),
+                getattr(custom_derivatives, "custom_jvp_call_p", None))
+    if p is not None)
+
+
+# --------------------------------------------------------------------------
+# bind
+
+def remat_bind(*args, jaxpr, prevent_cse, differentiated, policy):
+  if not ju.has_refs(jaxpr):  # pure bodies: upstream's equation
+    return UPSTREAM_BIND(*args, jaxpr=jaxpr, prevent_cse=prevent_cse,
+                         differentiated=differentiated,
+                         policy=sem.unwrap_policy(policy))
+  mode = sem.mode_of(policy) if ju.takes_refs(jaxpr) else sem.ONCE
+  if mode == sem.FORBID and any(ju.touched_ref_invars(jaxpr)):
+    _errors.raise_forbidden(jaxpr)
+  if mode == sem.REPLAY:
+    return UPSTREAM_BIND(*args, jaxpr=jaxpr, prevent_cse=prevent_cse,
+                         differentiated=differentiated,
+                         policy=sem.wrap_policy(sem.REPLAY, policy))
+  args, jaxpr, prevent_cse = _merge_aliased_refs(args, jaxpr, prevent_cse)
+  _read_only.check_not_written(jaxpr)
+  custom = _custom_rule_on_refs(jaxpr)
+  if custom is not None:
+    _errors.warn_not_rematerialized(jaxpr, custom)
+    return core.eval_jaxpr(jaxpr, (), *args)
+
+  pure, consts, written = _value_form(jaxpr)
+  ins = list(args)
+  for i, v in enumerate(jaxpr.invars):
+    if ju.is_ref(v):
+      with _report.entry_read_scope(_errors.describe_input(jaxpr, i)):
+        ins[i] = state_primitives.ref_get(args[i], ())
+  if isinstance(prevent_cse, tuple):
+    prevent_cse = (False,) * len(consts) + prevent_cse
+  outs = UPSTREAM_BIND(*consts, *ins, jaxpr=pure, prevent_cse=prevent_cse,
+                       differentiated=differentiated,
+                       policy=sem.unwrap_policy(policy))
+  n_out = len(jaxpr.outvars)
+  for i, new_val in zip(written, outs[n_out:]):
+    state_primitives.ref_set(args[i], (), new_val)
+  return outs[:n_out]
+
+
+@weakref_lru_cache
+def _value_form(jaxpr: core.Jaxpr):
+  """The discharged body of a remat: (jaxpr, consts, written).
+
+  Its inputs are the consts, then `jaxpr`'s inputs with every ref replaced by
+  its value; its outputs are `jaxpr`'s, then the final values of the refs at
+  positions `written` (the refs the body writes)."""
+  is_ref = [ju.is_ref(v) for v in jaxpr.invars]
+  written = tuple(i for i, w in enumerate(ju.written_ref_invars(jaxpr)) if w)
+  pure, consts = _compat.discharge_state(jaxpr, is_ref)
+  ref_pos = [i for i, r in enumerate(is_ref) if r]
+  keep = [True] * len(jaxpr.outvars) + [i in written for i in ref_pos]
+  pure = pe.convert_constvars_jaxpr(pure)
+  pure, _ = pe.dce_jaxpr(pure, keep, instantiate=True)
+  return pure, consts, written
+
+
+def _merge_aliased_refs(args, jaxpr, prevent_cse):
+  """Pass a ref that arrives at several inputs once: value form reads each
+  input separately and would lose the writes made through all but one."""
+  first = {}
+  index = []
+  for i, a in enumerate(args):
+    key = id(a) if ju.is_ref(jaxpr.invars[i]) else ("arg", i)
+    index.append(first.setdefault(key, i))
+  if index == list(range(len(args))):
+    return args, jaxpr, prevent_cse
+  kept = sorted(set(index))
+  merged = _merged_jaxpr(jaxpr, tuple(kept.index(j) for j in index))
+  args = tuple(args[i] for i in kept)
+  if isinstance(prevent_cse, tuple):
+    prevent_cse = tuple(prevent_cse[i] for i in kept)
+  return args, merged, prevent_cse
+
+
+@weakref_lru_cache
+def _merged_jaxpr(jaxpr: core.Jaxpr, source: tuple[int, ...]) -> core.Jaxpr:
+  """`jaxpr` taking its i-th input from position `source[i]`."""
+  avals = [None] * (max(source) + 1)
+  for i, s in enumerate(source):
+    avals[s] = jaxpr.invars[i].aval
+  def body(*args):
+    return core.eval_jaxpr(jaxpr, (), *(args[s] for s in source))
+  dbg = jaxpr.debug_info.with_unknown_names() if jaxpr.debug_info else None
+  merged, _, consts = pe.trace_to_jaxpr_dynamic(
+      lu.wrap_init(body, debug_info=dbg), avals)
+  assert not consts
+  return merged
+
+
+def _custom_rule_on_refs(jaxpr: core.Jaxpr):
+  """A custom_vjp/custom_jvp equation (in `jaxpr` or nested in it) whose
+  primal function touches a ref, or None."""
+  def pred(eqn):
+    return (eqn.primitive in _CUSTOM_RULE_PRIMITIVES and
+            (any(ju.is_ref(v) for v in eqn.invars) or
+             core.internal_mutable_array_effect in eqn.effects))
+  return ju.find_eqn(jaxpr, pred)
