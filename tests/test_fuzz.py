@@ -7,6 +7,10 @@ forward-pass callback counts must agree. Programs the oracle itself cannot
 run (JAX limitations) are skipped, but at least half of every shard must be
 compared. A failure message carries each failing program's source, a
 standalone reproducer. More programs: ``python -m tests.fuzz.run --n N --seed S``.
+
+`Fuzz2Test` does the same for `tests.fuzz.gen2` (one state vector through
+blocks, under value_and_grad / vjp with a write before the backward pass /
+linearize / jvp / hessian): ``python -m tests.fuzz.run --gen 2 --n N --seed S``.
 """
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -16,6 +20,8 @@ import numpy as np
 
 import jax_remat_refs  # noqa: F401  (activates the patch)
 from tests.fuzz import gen
+from tests.fuzz import gen2
+from tests.fuzz import known_shapes
 from tests.fuzz import oracle
 
 FIRST_SEED = 0
@@ -24,26 +30,33 @@ PER_SHARD = 20   # SHARDS * PER_SHARD programs: seeds FIRST_SEED + [0, 180)
 
 # Seeds beyond that range that failed in `python -m tests.fuzz.run` scale runs
 # (seeds 0-9999), one or a few per distinct bug, some on one JAX version only;
-# all fixed, kept as regression cases. Standalone reproducers of the bugs:
-# tests/fuzz/repros/, as tests: tests/test_fuzz_regressions.py. (Seed 4918,
-# a JAX bug without remat, is there too.)
+# all fixed, kept as regression cases. They are seeds of the generator before
+# motifs were added: `gen.generate(seed, legacy=True)` (`run --legacy`).
+# Standalone reproducers of the bugs: tests/fuzz/repros/, as tests:
+# tests/test_fuzz_regressions.py. (Seed 4918, a JAX bug without remat, is
+# there too.)
 FOUND_BY_SCALE_RUNS = (182, 186, 209, 219, 273, 281, 291, 306, 336, 383, 912,
                        928, 1035, 1060, 1085, 1189, 1380, 2622, 2786, 4198,
                        4326, 4390, 5308, 5403, 5859, 6465, 7446, 9608)
 
 
-def _check(seeds):
+GEN2_FIRST_SEED = 0
+GEN2_SHARDS = 6
+GEN2_PER_SHARD = 15   # gen2 seeds GEN2_FIRST_SEED + [0, 90)
+
+
+def _check(seeds, generate=gen.generate, rerun="--minimize"):
   """(failure reports with reproducers, number of programs compared)."""
   failures = []
   compared = 0
   for seed in seeds:
-    program = gen.generate(seed)
+    program = generate(seed)
     outcome = oracle.check_program(program)
     if outcome.failed:
       failures.append(
           f"--- seed {seed}: {outcome.kind}\n" + "\n".join(outcome.details)
           + "\n--- reproducer (or: python -m tests.fuzz.run --n 1 --seed "
-          f"{seed} --minimize):\n{program.source()}")
+          f"{seed} {rerun}):\n{program.source()}")
     if outcome.modes_compared:
       compared += 1
   return failures, compared
@@ -64,7 +77,8 @@ class FuzzTest(jtu.JaxTestCase):
 
   @parameterized.named_parameters((f"_seed_{s}", s) for s in FOUND_BY_SCALE_RUNS)
   def test_seed_found_by_scale_runs(self, seed):
-    failures, compared = _check([seed])
+    failures, compared = _check(
+        [seed], lambda s: gen.generate(s, legacy=True), "--legacy --minimize")
     self.assertEmpty(failures, msg="\n\n".join(failures))
     self.assertEqual(compared, 1)
 
@@ -97,6 +111,84 @@ class FuzzTest(jtu.JaxTestCase):
     self.assertEqual(oracle.check_program(program).kind, "ok")
     with jax_remat_refs.upstream_behavior():
       self.assertEqual(oracle.check_program(program).kind, "mismatch")
+
+  def test_generation_is_deterministic(self):
+    for seed in (0, 7, 20000):
+      for legacy in (False, True):
+        self.assertEqual(gen.generate(seed, legacy).source(),
+                         gen.generate(seed, legacy).source())
+
+
+class Fuzz2Test(jtu.JaxTestCase):
+
+  @parameterized.named_parameters(
+      (f"_seeds_{GEN2_FIRST_SEED + k * GEN2_PER_SHARD}_to_"
+       f"{GEN2_FIRST_SEED + (k + 1) * GEN2_PER_SHARD - 1}", k)
+      for k in range(GEN2_SHARDS))
+  def test_remat_is_transparent(self, shard):
+    first = GEN2_FIRST_SEED + shard * GEN2_PER_SHARD
+    failures, compared = _check(range(first, first + GEN2_PER_SHARD),
+                                gen2.generate, "--gen 2")
+    self.assertEmpty(failures, msg="\n\n".join(failures))
+    self.assertGreaterEqual(compared, GEN2_PER_SHARD // 2)
+
+  def test_generation_is_deterministic(self):
+    for seed in (0, 7, 20000):
+      self.assertEqual(gen2.generate(seed).source(), gen2.generate(seed).source())
+
+  def test_every_mode_is_generated(self):
+    modes = set()
+    n = GEN2_SHARDS * GEN2_PER_SHARD
+    for seed in range(GEN2_FIRST_SEED, GEN2_FIRST_SEED + n):
+      modes.update(gen2.generate(seed).modes)
+    self.assertEqual(modes, set(gen2.MODES))
+
+  @staticmethod
+  def _upstream_bad_program():
+    # The project's seed program in gen2's form: a remat reads a ref, then
+    # increments it; upstream's remat replays the increment before the
+    # rematerialized read, so the gradient sees the incremented ref.
+    return gen2.Program(
+        seed=-1, n=2, inputs=[("x1", np.array([0.5, -0.25], np.float32))],
+        tangents=[np.array([1.0, 0.5], np.float32)],
+        refs=[gen2.RefDecl("r2", "float32", np.array([1.0, 2.0], np.float32),
+                           "arg")],
+        init=["h = x1"],
+        body=[gen2.Node("remat", name="blk3", kids=[[
+            gen2.line("h = jnp.sin(h) * r2[...] + h * 0.5"),
+            gen2.line("r2[...] += 1.0")]], args=dict(
+                params=["h", "r2"], returns=True, policy=None,
+                prevent_cse=True, jit="none"))],
+        loss="jnp.sum(jnp.sin(h))", aux=["r2[...]"], modes=("vg",))
+
+  def test_upstream_remat_is_caught(self):
+    program = self._upstream_bad_program()
+    self.assertEqual(gen2.check_program(program).kind, "ok")
+    with jax_remat_refs.upstream_behavior():
+      self.assertEqual(gen2.check_program(program).kind, "mismatch")
+
+  def test_write_between_forward_and_backward_is_seen(self):
+    # Without remat the backward pass uses what the forward pass read; the
+    # oracle must see a remat that reads the ref again after `between`.
+    program = self._upstream_bad_program()
+    program.body[0].kids[0].pop()       # no increment in the remat
+    program.modes = ("vjp_write",)
+    program.between = ["R['r2'][...] = R['r2'][...] * 0.5 + 1.0"]
+    self.assertEqual(gen2.check_program(program).kind, "ok")
+    with jax_remat_refs.upstream_behavior():
+      self.assertEqual(gen2.check_program(program).kind, "mismatch")
+
+
+class KnownShapesTest(jtu.JaxTestCase):
+  """Hand-written programs of the shapes the generators were widened for
+  (`tests.fuzz.known_shapes`); each once differed with remat."""
+
+  @parameterized.named_parameters(
+      (f"_{letter}", letter) for letter in known_shapes.SHAPES)
+  def test_remat_is_transparent(self, letter):
+    outcome = oracle.check_program(known_shapes.SHAPES[letter]())
+    self.assertEqual(outcome.kind, "ok", msg="\n".join(outcome.details))
+    self.assertGreaterEqual(outcome.modes_compared, 1)
 
 
 if __name__ == "__main__":

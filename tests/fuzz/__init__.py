@@ -4,6 +4,12 @@
   prints as standalone Python source (the reproducer), with a ``remat`` switch.
 * `tests.fuzz.oracle` runs a program with and without remat and compares
   outputs, gradients, final ref contents and forward-pass callback counts.
+* `tests.fuzz.gen2` is a second generator of a different shape: one state
+  vector through a tree of blocks (remat, jit, fori, scan over refs, switch,
+  vmap), each program run under value_and_grad / vjp with a ref write before
+  the backward pass / linearize / jvp / hessian.
+* `tests.fuzz.known_shapes`: hand-written programs of the shapes the two
+  generators were widened for.
 * `tests.fuzz.minimize` shrinks a failing program.
 * ``python -m tests.fuzz.run --n N --seed S`` is the command-line runner.
 """

@@ -11,6 +11,15 @@ grow are squashed with tanh/sin, loop carries always are), so float32 results
 of the two versions can be compared with tight tolerances. Values written to
 refs that are not differentiated (the external refs) go through
 `lax.stop_gradient`; the float inputs are what the tests differentiate.
+
+Besides statements drawn one at a time, a program may hold *motifs*
+(`Generator.s_motif`): chains of pieces that thread one differentiated value
+through reads and writes of one ref -- loops writing the ref at the loop index
+and reading it whole, nested remats with mixed policies that write the ref
+while enclosing remats read it before and after, jit blocks, refs made from
+the value inside remat bodies, and `lax.stop_gradient` writes into external
+refs at the end of a body. These are the shapes independent statements
+rarely line up into.
 """
 from __future__ import annotations
 
@@ -348,8 +357,9 @@ class Scope:
 class Generator:
   """Generates one `Program` from a seed."""
 
-  def __init__(self, seed: int):
+  def __init__(self, seed: int, legacy: bool = False):
     self.seed = seed
+    self.legacy = legacy
     self.rng = random.Random(seed)
     self.counter = 0
     self.ckpt_names = []
@@ -429,6 +439,15 @@ class Generator:
     src = f"{ir.name}[...]" if ir.shape == () else f"{ir.name}[{self.rng.randrange(ir.shape[0])}]"
     e = f"{src} % {n}"
     return e, e, ()
+
+  def pick_policy(self):
+    policy = self.rng.choice(POLICIES)
+    if policy == "names":
+      pool = self.ckpt_names or ["n0"]
+      picked = self.rng.sample(pool, self.rng.randint(1, min(2, len(pool))))
+      policy = ("jax.checkpoint_policies.save_only_these_names("
+                + ", ".join(repr(p) for p in picked) + ")")
+    return policy
 
   def add_val(self, scope, shape, bound, diff=False):
     v = Val(self.fresh("v"), shape, bound, diff)
@@ -603,18 +622,15 @@ class Generator:
       inner.remat_depth += 1
       body = self.gen_body(inner, self.rng.randint(1, 5))
     new = inner.new_vals()
+    if not self.legacy and new and self.rng.random() < 0.2:
+      body += self._sg_write_end(inner, self.rng.choice(new))
     k = self.rng.choice((0, 1, 1, 2, 2, 3)) if not whole else min(3, max(1, len(new)))
     rets = []
     for _ in range(k):
       pool = new if new and self.rng.random() < 0.85 else inner.vals
       rets.append(self.rng.choice(pool))
     outs = [self.add_val(scope, v.shape, v.bound, v.diff) for v in rets]
-    policy = self.rng.choice(POLICIES)
-    if policy == "names":
-      pool = self.ckpt_names or ["n0"]
-      picked = self.rng.sample(pool, self.rng.randint(1, min(2, len(pool))))
-      policy = ("jax.checkpoint_policies.save_only_these_names("
-                + ", ".join(repr(p) for p in picked) + ")")
+    policy = self.pick_policy()
     jit = self.rng.choices(("none", "inner", "outer"), self.jit_weights)[0]
     return [Remat(name, params, body, [v.name for v in rets],
                   [v.name for v in outs], policy, self.rng.random() < 0.5, jit)]
@@ -701,11 +717,233 @@ class Generator:
     return [Scan(name, xname, xs, length, [c.name for c in carry], body, rets,
                  yex, [v.name for v in outs], ys.name)]
 
+  # ---- motifs ------------------------------------------------------------------
+  # A motif threads one differentiated value h, shaped like a float ref r,
+  # through a chain of pieces (`m_*`); each piece returns its statements and
+  # the new (h, r), or None when it does not fit. Pieces nest: loops, remats
+  # and jit blocks hold chains of their own.
+
+  PIECES = dict(loop=4, remat=4, read=3, inc=3, mix=2, sg_write=1.5,
+                new_ref=1.5, jit=1)
+  CONSTS = ("0.125", "0.25", "-0.5", "1.0")
+
+  def s_motif(self, scope, first=None):
+    refs = [r for r in scope.refs if r.dtype == "float32"]
+    if not refs or scope.ctrl_depth >= 2:
+      return None
+    vec = [r for r in refs if r.shape != ()]
+    r = self.rng.choice(vec if vec and self.rng.random() < 0.85 else refs)
+    diff = [v for v in scope.vals if v.diff]
+    src = (self.rng.choice(diff[-4:]) if diff and self.rng.random() < 0.9
+           else self.pick_val(scope))
+    ex, b = self.adapt(src, r.shape)
+    ex, b = self.squash(ex, b)
+    h = self.add_val(scope, r.shape, b, src.diff)
+    stmts = [Line(f"{h.name} = {ex}")]
+    if first is None and self.rng.random() < 0.5:
+      first = "remat"
+    more, h, _ = self.chain(scope, h, r, self.rng.randint(2, 4), first)
+    self.budget -= 2
+    self.motif_out = h
+    return stmts + more
+
+  def chain(self, scope, h, r, k, first=None):
+    stmts = []
+    for j in range(k):
+      table = dict(self.PIECES)
+      if scope.ctrl_depth >= 2:
+        del table["loop"]
+      if scope.remat_depth >= 3:
+        del table["remat"]
+      if self.motif_nodes <= 0:
+        for kind in ("loop", "remat", "jit"):
+          table.pop(kind, None)
+      kinds, weights = zip(*table.items())
+      kind = first if j == 0 and first in table else \
+          self.rng.choices(kinds, weights)[0]
+      got = getattr(self, "m_" + kind)(scope, h, r)
+      if got is None:
+        continue
+      more, h, r = got
+      stmts += more
+    return stmts, h, r
+
+  def _at(self, r, idx=None):
+    """An index of ref r: `idx % n` when a loop index is given, else a constant."""
+    if r.shape == ():
+      return "..."
+    if idx is not None:
+      return f"{idx} % {r.shape[0]}"
+    return str(self.rng.randrange(r.shape[0]))
+
+  def _elem(self, h):
+    return h.name if h.shape == () else f"{h.name}[{self.rng.randrange(h.shape[0])}]"
+
+  def _motif_const(self, h, r):
+    """A small increment for r: a constant, or (a stop_gradient of) h."""
+    if self.rng.random() < 0.7:
+      return self.rng.choice(self.CONSTS)
+    ex = f"jnp.tanh({self._elem(h)}) * 0.25"
+    if r.external or not r.diff or self.rng.random() < 0.3:
+      ex = f"lax.stop_gradient({ex})"
+    return ex
+
+  def _squashed(self, scope, h, expr, bound, diff=True):
+    expr, bound = self.squash(expr, bound)
+    v = self.add_val(scope, h.shape, bound, diff)
+    return [Line(f"{v.name} = {expr}")], v
+
+  def m_read(self, scope, h, r):
+    kind = self.rng.choice(("elem", "whole", "sum"))
+    if kind == "elem":
+      expr, b = f"{h.name} * {r.name}[{self._at(r)}]", h.bound * REF_BOUND
+    elif kind == "whole":
+      expr, b = (f"jnp.sin({h.name}) * {r.name}[...] + {h.name} * 0.5",
+                 REF_BOUND + 0.5 * h.bound)
+    else:
+      expr = f"{h.name} + jnp.tanh(jnp.sum({r.name}[...])) * 0.5"
+      b = h.bound + 0.5
+    stmts, v = self._squashed(scope, h, expr, b, h.diff or r.diff)
+    return stmts, v, r
+
+  def m_inc(self, scope, h, r):
+    others = [q for q in scope.refs if q.dtype == "float32" and q is not r]
+    t = self.rng.choice(others) if others and self.rng.random() < 0.25 else r
+    irefs = [q for q in scope.refs if q.dtype == "int32"]
+    opts = ["add", "decay", "elem"] + (["shift"] if t.shape and t.shape[0] > 1 else [])
+    opts += ["count"] if irefs else []
+    kind = self.rng.choice(opts)
+    if kind == "add":
+      line = f"{t.name}[...] += {self.rng.choice(('1.0', '0.5', '0.25'))}"
+    elif kind == "decay":
+      line = f"{t.name}[...] = {t.name}[...] * 0.5 + {self.rng.choice(self.CONSTS)}"
+    elif kind == "elem":
+      at = self._at(t)
+      line = f"{t.name}[{at}] = {t.name}[{at}] * 0.5 + 0.25"
+    elif kind == "shift":
+      line = f"{t.name}[1:] = {t.name}[:-1] * 0.5 + 0.25"
+    else:
+      c = self.rng.choice(irefs)
+      at = self._at(c, self.rng.choice(scope.idx) if scope.idx else None)
+      line = f"{c.name}[{at}] += 1"
+    return [Line(line)], h, r
+
+  def m_mix(self, scope, h, r):
+    kind = self.rng.choice(("dot", "tanh", "name") if h.shape else ("tanh", "name"))
+    if kind == "dot":
+      return self._squashed(scope, h, f"jnp.sin({h.name}) + jnp.dot({h.name}, "
+                            f"{h.name}) * 0.1", 1 + 0.1 * h.shape[0] * h.bound ** 2,
+                            h.diff) + (r,)
+    if kind == "tanh":
+      return self._squashed(scope, h, f"jnp.tanh({h.name} * 1.3 + 0.1)", 1.0,
+                            h.diff) + (r,)
+    nm = self.fresh("n")
+    self.ckpt_names.append(nm)
+    return self._squashed(scope, h, f"checkpoint_name({h.name}, {nm!r})", h.bound,
+                          h.diff) + (r,)
+
+  def _sg_write_end(self, scope, h):
+    """``t[...] = lax.stop_gradient(jnp.cos(h)) + t[...] * 0.5`` for an
+    external float ref t (h adapted to its shape)."""
+    ext = [q for q in scope.refs if q.dtype == "float32" and q.external]
+    if not ext:
+      return []
+    t = self.rng.choice(ext)
+    ex, _ = self.adapt(h, t.shape)
+    return [Line(f"{t.name}[...] = lax.stop_gradient(jnp.cos({ex})) + "
+                 f"{t.name}[...] * 0.5")]
+
+  def m_sg_write(self, scope, h, r):
+    if not r.external and r.diff and self.rng.random() < 0.5:
+      return [Line(f"{r.name}[...] = jnp.cos({h.name}) + {r.name}[...] * 0.5")], h, r
+    stmts = self._sg_write_end(scope, h)
+    return (stmts, h, r) if stmts else None
+
+  def m_new_ref(self, scope, h, r):
+    t = RefV(self.fresh("t"), h.shape, "float32", external=False, diff=h.diff)
+    scope.refs.append(t)
+    stmts = [Line(f"{t.name} = jax.new_ref({h.name})"),
+             Line(f"{t.name}[...] = {t.name}[...] * 2 + jnp.sin({t.name}[...])")]
+    more, v = self._squashed(scope, h, f"{t.name}[...]", 2 * h.bound + 1, h.diff)
+    # The rest of the chain works on the new ref half the time.
+    return stmts + more, v, (t if self.rng.random() < 0.5 else r)
+
+  def m_loop(self, scope, h, r):
+    self.motif_nodes -= 1
+    inner = Scope(scope)
+    inner.ctrl_depth += 1
+    idx = self.fresh("i")
+    inner.idx.append(idx)
+    at = self._at(r, idx)
+    body = []
+    rw = self.rng.random() < 0.8
+    rw_line = Line(f"{r.name}[{at}] = {r.name}[{at}] + {self._motif_const(h, r)}")
+    before = rw and self.rng.random() < 0.5
+    if before:
+      body.append(rw_line)
+    hh, rr = h, r
+    if self.rng.random() < 0.5:
+      more, hh, rr = self.chain(inner, h, r, self.rng.randint(1, 2))
+      body += more
+    if rw and not before:
+      body.append(rw_line)
+    if self.rng.random() < 0.7:
+      ret = f"jnp.sin({hh.name}) * {rr.name}[...] + {hh.name} * 0.5"
+    else:
+      ret = f"jnp.tanh({hh.name} * {rr.name}[{self._at(rr, idx)}]) + {hh.name} * 0.5"
+    # |carry| <= R + |carry| / 2 stays below 2 R = SQUASH_AT.
+    out = self.add_val(scope, h.shape, 2 * REF_BOUND, h.diff or hh.diff or rr.diff)
+    trips = self.rng.randint(1, 3)
+    if self.rng.random() < 0.6:
+      return [Fori(self.fresh("loop"), idx, trips, [h.name], body, [ret],
+                   [out.name])], out, r
+    y = self.rng.choice((f"{rr.name}[{self._at(rr, idx)}]",
+                         f"jnp.sin(jnp.sum({hh.name}))"))
+    ys = self.add_val(scope, (trips,), REF_BOUND)
+    return [Scan(self.fresh("scan"), idx, f"jnp.arange({trips}, dtype=jnp.int32)",
+                 trips, [h.name], body, [ret], y, [out.name], ys.name)], out, r
+
+  def _motif_block(self, scope, h, r, remat):
+    self.motif_nodes -= 1
+    inner = Scope(scope)
+    if remat:
+      inner.remat_depth += 1
+    body = []
+    hh = h
+    if remat and self.rng.random() < 0.5:      # a read before the nested call
+      more, hh, _ = self.m_read(inner, hh, r)
+      body += more
+    more, hh, rr = self.chain(inner, hh, r, self.rng.randint(1, 3))
+    body += more
+    if remat and self.rng.random() < 0.5:      # ... and after it
+      more, hh, _ = self.m_read(inner, hh, r)
+      body += more
+    if remat and self.rng.random() < 0.35:     # a stop_gradient write at the end
+      body += self._sg_write_end(inner, hh)
+    refs = [q for q in scope.refs if self.rng.random() < 0.3]
+    params = [h.name] + [q.name for q in refs]
+    out = self.add_val(scope, h.shape, hh.bound, hh.diff)
+    if remat:
+      jit = self.rng.choices(("none", "inner", "outer"), (6, 1, 1))[0]
+      blk = Remat(self.fresh("blk"), params, body, [hh.name], [out.name],
+                  self.pick_policy(), self.rng.random() < 0.5, jit)
+    else:
+      blk = Remat(self.fresh("jb"), params, body, [hh.name], [out.name],
+                  None, True, "inner", enabled=False)
+    return [blk], out, r
+
+  def m_remat(self, scope, h, r):
+    self.n_remat += 1
+    return self._motif_block(scope, h, r, remat=True)
+
+  def m_jit(self, scope, h, r):
+    return self._motif_block(scope, h, r, remat=False)
+
   # ---- bodies and programs -------------------------------------------------
 
   SIMPLE = dict(read=6, read_int=2, unary=4, binary=5, dot=2, where=2, sum=1,
                 name=2, stop=1, callback=2, write=7, write_int=2, new_ref=2)
-  COMPOUND = dict(remat=4, cond=2, fori=2, scan=2)
+  COMPOUND = dict(remat=4, cond=2, fori=2, scan=2, motif=2)
 
   def gen_body(self, scope, n):
     stmts = []
@@ -715,6 +953,8 @@ class Generator:
       table = dict(self.SIMPLE)
       if self.budget > 3:
         table.update(self.COMPOUND)
+        if self.legacy:
+          del table["motif"]
       kinds, weights = zip(*table.items())
       for _attempt in range(10):
         kind = self.rng.choices(kinds, weights)[0]
@@ -732,7 +972,10 @@ class Generator:
     self.n = n = rng.choice((2, 3, 4))
     self.budget = rng.randint(4, 16)
     self.max_remat_depth = rng.choice((1, 2, 2, 3))
-    self.jit_weights = (10, 1, 1)
+    self.jit_weights = (10, 1, 1) if self.legacy else (8, 1, 1)
+    # Loops, remats and jit blocks in motifs.
+    self.motif_nodes = 0 if self.legacy else rng.randint(2, 6)
+    self.last_motif = None
     top = Scope()
     inputs = []
     for _ in range(rng.randint(1, 3)):
@@ -756,9 +999,22 @@ class Generator:
       refs.append(RefDecl(name, "int32", value, rng.choice(("arg", "closure"))))
       top.refs.append(RefV(name, shape, "int32", external=True))
 
-    whole = rng.random() < 0.25
-    if whole:
+    if self.legacy:
+      kind = "whole" if rng.random() < 0.25 else "free"
+    else:
+      kind = rng.choices(("whole", "motif", "free"), (0.2, 0.3, 0.5))[0]
+    if kind == "whole":
       body = self.s_remat(top, whole=True)
+    elif kind == "motif":
+      # A program around a motif: a few statements before and after it.
+      body = self.gen_body(top, rng.randint(0, 2))
+      body += self.s_motif(top, first="remat" if rng.random() < 0.7 else None)
+      self.last_motif = self.motif_out
+      self.budget = max(self.budget, 2)
+      body += self.gen_body(top, rng.randint(0, 2))
+      if self.n_remat == 0:
+        self.budget = 4
+        body += self.s_remat(top)
     else:
       body = self.gen_body(top, self.budget + 4)
       if self.n_remat == 0:  # every program has a remat somewhere
@@ -767,9 +1023,15 @@ class Generator:
     cands = [v for v in top.vals if v not in top.vals[:len(inputs)]] or top.vals
     recent = cands[-5:]
     outputs = [v.name for v in rng.sample(recent, rng.randint(1, min(3, len(recent))))]
+    if self.last_motif is not None and self.last_motif.name not in outputs:
+      outputs[0] = self.last_motif.name
     return Program(self.seed, inputs, refs, body, outputs,
-                   jit=rng.random() < 0.15, jit_grad=rng.random() < 0.1)
+                   jit=rng.random() < 0.15,
+                   jit_grad=rng.random() < (0.1 if self.legacy else 0.2))
 
 
-def generate(seed: int) -> Program:
-  return Generator(seed).generate()
+def generate(seed: int, legacy: bool = False) -> Program:
+  """The program of `seed`. ``legacy=True``: the program this seed gave before
+  motifs were added (the seeds in tests/test_fuzz.py's FOUND_BY_SCALE_RUNS
+  and the README's scale runs are seeds of that generator)."""
+  return Generator(seed, legacy).generate()

@@ -1,9 +1,11 @@
 """Run a generated program with and without remat and compare the results.
 
-Each mode the program lists (``primal``: a plain call; ``vjp``: outputs and the
-forward-pass callback count after `jax.vjp`, then gradients through the vjp;
-``jit_grad``: `jax.jit(jax.grad(...))`) runs on fresh refs with the same
-initial contents, first without remat (the oracle), then with it.
+Each mode the program lists (gen's ``primal``: a plain call; ``vjp``: outputs
+and the forward-pass callback count after `jax.vjp`, then gradients through
+the vjp; ``jit_grad``: `jax.jit(jax.grad(...))`; gen2's modes: see
+`tests.fuzz.gen2`) runs on fresh refs with the same initial contents, first
+without remat (the oracle), then with it. A program's ``TOLERANCES`` may
+loosen the comparison of a mode (gen2: hessians).
 
 Outcome of one program:
   * ``ok``: every mode the oracle could run agrees;
@@ -62,7 +64,7 @@ def _leaves(tree):
   return jax.tree_util.tree_flatten(tree)
 
 
-def _compare_arrays(what, a, b, diffs):
+def _compare_arrays(what, a, b, diffs, tol=None):
   a = np.asarray(a)
   b = np.asarray(b)
   if a.shape != b.shape or a.dtype != b.dtype:
@@ -72,22 +74,27 @@ def _compare_arrays(what, a, b, diffs):
   if a.dtype.kind in "iub":
     ok = np.array_equal(a, b)
   else:
-    ok = np.allclose(b, a, rtol=RTOL, atol=ATOL, equal_nan=True)
+    rtol, atol = (RTOL, ATOL) if tol is None else (tol, tol)
+    ok = np.allclose(b, a, rtol=rtol, atol=atol, equal_nan=True)
   if not ok:
     diffs.append(f"{what}: no remat {a.tolist()} vs remat {b.tolist()}")
 
 
-def compare(mode: str, expected: dict, got: dict) -> list:
+def compare(mode: str, expected: dict, got: dict, tol=None) -> list:
+  """Differences between two runs of a mode. Keys: ``calls`` (a count),
+  ``refs`` and ``refs_*`` (ref name -> contents), anything else a pytree of
+  arrays. `tol`: rtol = atol for float arrays (default RTOL, ATOL)."""
   diffs = []
   for key in expected:
     if key == "calls":
       if expected[key] != got[key]:
         diffs.append(f"{mode} forward callback count: no remat {expected[key]}"
                      f" vs remat {got[key]}")
-    elif key == "refs":
+    elif key == "refs" or key.startswith("refs_"):
+      what = "final" if key == "refs" else key
       for name in expected[key]:
-        _compare_arrays(f"{mode} final {name}", expected[key][name],
-                        got[key][name], diffs)
+        _compare_arrays(f"{mode} {what} {name}", expected[key][name],
+                        got[key][name], diffs, tol)
     else:
       la, ta = _leaves(expected[key])
       lb, tb = _leaves(got[key])
@@ -95,7 +102,7 @@ def compare(mode: str, expected: dict, got: dict) -> list:
         diffs.append(f"{mode} {key}: structure {ta} vs {tb}")
         continue
       for i, (a, b) in enumerate(zip(la, lb)):
-        _compare_arrays(f"{mode} {key}[{i}]", a, b, diffs)
+        _compare_arrays(f"{mode} {key}[{i}]", a, b, diffs, tol)
   return diffs
 
 
@@ -171,7 +178,7 @@ def check_source(source: str, tag: str = "fuzz") -> Outcome:
                        f"{type(e).__name__}: {msg}\n{_short_exc(e)}")
         continue
       compared += 1
-      diffs = compare(mode, expected, got)
+      diffs = compare(mode, expected, got, ns.get("TOLERANCES", {}).get(mode))
       if diffs:
         if kind == "ok":
           kind = "mismatch"

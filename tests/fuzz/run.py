@@ -1,9 +1,15 @@
-"""Command-line fuzzer: ``python -m tests.fuzz.run --n N --seed S``.
+"""Command-line fuzzer: ``python -m tests.fuzz.run --n N --seed S [--gen 1|2]``.
 
-Program k (0 <= k < N) is generated from seed S + k, so any single program
-can be regenerated with ``--n 1 --seed S+k``. Each failing program's source
+Program k (0 <= k < N) is generated from seed S + k by generator ``--gen``
+(1: `tests.fuzz.gen`, statements over many values, modes primal / vjp /
+jit_grad; 2: `tests.fuzz.gen2`, one state vector through blocks, modes
+value_and_grad / vjp with a write before the backward pass / linearize /
+jvp / hessian), so any single program can be regenerated with
+``--n 1 --seed S+k --gen G``. Each failing program's source
 (a standalone reproducer) is printed, optionally shrunk with ``--minimize``
-and saved with ``--save DIR``. The last line is always
+(generator 1 only) and saved with ``--save DIR``. ``--legacy`` gives
+generator 1 as it was before motifs, whose seeds earlier scale runs name.
+The last line is always
 
     programs: N, mismatches: M, errors: E
 
@@ -23,8 +29,15 @@ def main(argv=None) -> int:
                                formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--n", type=int, default=100, help="number of programs")
   ap.add_argument("--seed", type=int, default=0, help="seed of the first program")
+  ap.add_argument("--gen", type=int, choices=(1, 2), default=1,
+                  help="which generator: 1 (tests.fuzz.gen, default) or 2 "
+                  "(tests.fuzz.gen2)")
+  ap.add_argument("--legacy", action="store_true",
+                  help="with --gen 1: the generator as it was before motifs "
+                  "(seeds of earlier scale runs and of FOUND_BY_SCALE_RUNS)")
   ap.add_argument("--minimize", action="store_true",
-                  help="shrink each failing program before printing it")
+                  help="shrink each failing program before printing it "
+                  "(generator 1 only; generator 2 prints its programs as they are)")
   ap.add_argument("--minimize-budget", type=float, default=300.0,
                   help="seconds per program for --minimize")
   ap.add_argument("--save", metavar="DIR",
@@ -38,19 +51,27 @@ def main(argv=None) -> int:
   # XLA's C++ error log repeats every compile failure; the report has them.
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   import jax  # noqa: F401  (after argument parsing: --help stays fast)
-  from tests.fuzz import gen, minimize, oracle
+  from tests.fuzz import gen, gen2, minimize, oracle
+  if args.minimize and args.gen != 1:
+    ap.error("--minimize works with --gen 1 only")
+  if args.legacy and args.gen != 1:
+    ap.error("--legacy works with --gen 1 only")
+  generate = gen2.generate if args.gen == 2 else (
+      lambda seed: gen.generate(seed, legacy=args.legacy))
 
   counts = collections.Counter()
   oracle_reasons = collections.Counter()
   failures = []
   t0 = time.time()
-  print(f"fuzz: jax {jax.__version__}, programs {args.n} from seed {args.seed}",
-        flush=True)
+  print(f"fuzz: jax {jax.__version__}, generator {args.gen}, programs {args.n} "
+        f"from seed {args.seed}", flush=True)
+  by_mode = collections.defaultdict(collections.Counter)
   for k in range(args.n):
     seed = args.seed + k
-    program = gen.generate(seed)
+    program = generate(seed)
     outcome = oracle.check_program(program)
     counts[outcome.kind] += 1
+    _count_modes(by_mode, program, outcome)
     for d in outcome.details:
       if "oracle raised" in d:
         oracle_reasons[d.split(": ", 1)[0].split("] ")[-1]] += 1
@@ -71,10 +92,39 @@ def main(argv=None) -> int:
   if oracle_reasons:
     print("oracle errors by kind: " + ", ".join(
         f"{k} x{v}" for k, v in oracle_reasons.most_common()))
+  if by_mode:
+    print("by mode (compared / mismatch / error / oracle error): " + ", ".join(
+        f"{m} {c['compared']}/{c['mismatch']}/{c['error']}/{c['oracle']}"
+        for m, c in sorted(by_mode.items())))
   print(f"oracle_errors: {counts['oracle_error']}")
   print(f"programs: {args.n}, mismatches: {counts['mismatch']}, "
         f"errors: {counts['error']}", flush=True)
   return 1 if counts["mismatch"] or counts["error"] else 0
+
+
+def _count_modes(by_mode, program, outcome):
+  """Per-mode tallies, from the ``[mode] ...`` detail lines."""
+  modes = program.modes if program.modes is not None else program.all_modes()
+  bad = collections.defaultdict(set)
+  for d in outcome.details:
+    if d.startswith("["):
+      mode, rest = d[1:].split("] ", 1)
+      if "oracle raised" in rest:
+        bad[mode].add("oracle")
+      elif rest.startswith("remat raised"):
+        bad[mode].add("error")
+      else:
+        bad[mode].add("mismatch")
+  for mode in modes:
+    c = by_mode[mode]
+    if "oracle" in bad[mode]:
+      c["oracle"] += 1
+      if "mismatch" in bad[mode]:   # against the plain call
+        c["mismatch"] += 1
+      continue
+    c["compared"] += 1
+    for k in ("mismatch", "error"):
+      c[k] += k in bad[mode]
 
 
 def _report(args, seed, program, outcome, minimize, gen):
@@ -97,7 +147,8 @@ def _report(args, seed, program, outcome, minimize, gen):
     print(shown.source())
   if args.save:
     os.makedirs(args.save, exist_ok=True)
-    with open(os.path.join(args.save, f"fuzz_seed_{seed}.py"), "w") as fh:
+    prefix = "fuzz" if args.gen == 1 else "fuzz2"
+    with open(os.path.join(args.save, f"{prefix}_seed_{seed}.py"), "w") as fh:
       fh.write(shown.source())
   sys.stdout.flush()
 
