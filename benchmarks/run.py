@@ -38,6 +38,11 @@ import jax_remat_refs
 
 WIDTH = 128
 BATCH = 16
+DTYPE = jnp.float32   # of weights and activations (--dtype)
+
+
+def _data(key, shape, scale=1.0):
+  return (jax.random.normal(jax.random.key(key), shape) * scale).astype(DTYPE)
 
 
 def _nbytes(aval):
@@ -54,8 +59,8 @@ def _nbytes(aval):
 # differentiated. Each builder also says how its refs are made.
 
 def seed_scaled(n=1_000_000):
-  y = jnp.ones((n,), jnp.float32)
-  x0 = jnp.linspace(0., 1., n, dtype=jnp.float32)
+  y = jnp.ones((n,), DTYPE)
+  x0 = jnp.linspace(0., 1., n, dtype=DTYPE)
 
   def body_ref(y, x_ref):
     out = y * x_ref[...]
@@ -76,8 +81,8 @@ def seed_scaled(n=1_000_000):
 
 
 def mlp_stats(L):
-  ws = jax.random.normal(jax.random.key(0), (L, WIDTH, WIDTH)) / np.sqrt(WIDTH)
-  x = jax.random.normal(jax.random.key(1), (BATCH, WIDTH))
+  ws = _data(0, (L, WIDTH, WIDTH), 1 / np.sqrt(WIDTH))
+  x = _data(1, (BATCH, WIDTH))
 
   def layer_ref(stats, h, w):
     h = jnp.tanh(h @ w)
@@ -98,14 +103,14 @@ def mlp_stats(L):
       return (h, stats + lax.stop_gradient(h.mean(0))), None
     (h, stats), _ = lax.scan(jax.remat(layer), (x, stats), ws)
     return (h ** 2).sum() + stats.sum()
-  return with_ref, pure, (ws, x), (jnp.zeros(WIDTH),)
+  return with_ref, pure, (ws, x), (jnp.zeros(WIDTH, DTYPE),)
 
 
-def stacked_weights(L, outer=False, batch=BATCH):
+def stacked_weights(L, outer=False, batch=None):
   """Weights in one stacked ref read by slice, never written; x is
   differentiated (the weights are state)."""
-  ws = jax.random.normal(jax.random.key(0), (L, WIDTH, WIDTH)) / np.sqrt(WIDTH)
-  x = jax.random.normal(jax.random.key(1), (batch, WIDTH))
+  ws = _data(0, (L, WIDTH, WIDTH), 1 / np.sqrt(WIDTH))
+  x = _data(1, (batch or BATCH, WIDTH))
 
   def with_ref(rm):
     def loss(x, w_ref):
@@ -132,7 +137,7 @@ def stacked_weights(L, outer=False, batch=BATCH):
 
 
 def cache_like(L):
-  x = jax.random.normal(jax.random.key(1), (BATCH, WIDTH))
+  x = _data(1, (BATCH, WIDTH))
 
   def with_ref(rm):
     def loss(x, cache):
@@ -150,7 +155,7 @@ def cache_like(L):
       return (jnp.tanh(h + cache.mean(0)), cache), None
     (h, cache), _ = lax.scan(jax.remat(step), (x, cache), jnp.arange(L))
     return (h ** 2).sum() + cache.sum()
-  return with_ref, pure, (x,), (jnp.zeros((L, WIDTH)),)
+  return with_ref, pure, (x,), (jnp.zeros((L, WIDTH), DTYPE),)
 
 
 # --------------------------------------------------------------------------
@@ -175,6 +180,10 @@ def prepare(loss, args, state, make_ref):
             ad_checkpoint.saved_residuals(loss, *args, *fresh()))
   out = compiled(*args, *fresh())  # also the warm-up run
   jax.block_until_ready(out)
+  # The device's peak so far: the step's peak when the variant runs alone in
+  # its process (--isolate); None where the backend keeps no statistics.
+  stats = jax.devices()[0].memory_stats() or {}
+  peak = stats.get("peak_bytes_in_use")
   refs = fresh()  # mutated by every call: the cost does not depend on values
 
   def step():
@@ -182,7 +191,7 @@ def prepare(loss, args, state, make_ref):
     jax.block_until_ready(compiled(*args, *refs))
     return time.perf_counter() - t0
   return dict(temp_bytes=temp, residual_bytes=res, compile_s=min(compile_s),
-              value=float(out[0])), step
+              value=float(out[0]), peak_bytes=peak), step
 
 
 def try_prepare(*a):
@@ -190,7 +199,7 @@ def try_prepare(*a):
     return prepare(*a)
   except Exception as e:  # JAX itself fails on some ref programs
     return dict(temp_bytes=None, residual_bytes=None, compile_s=None,
-                value=float("nan"), error=f"{type(e).__name__}: {e}"[:200]), None
+                value=float("nan"), peak_bytes=None, error=f"{type(e).__name__}: {e}"[:200]), None
 
 
 def run_workload(name, builder, reps, make_ref=jax.new_ref):
@@ -277,47 +286,112 @@ def _fmt(x, width):
   return f"{x:{width}.1e}" if 0 < x < 0.01 else f"{x:{width}.2f}"
 
 
-def main(argv=None):
-  p = argparse.ArgumentParser()
-  p.add_argument("--reps", type=int, default=60)
-  p.add_argument("--quick", action="store_true", help="L=8 only")
-  ns = p.parse_args(argv)
-  Ls = (8,) if ns.quick else (8, 32, 128)
+def workload_list(Ls, big_batch=256):
+  """(name, builder, make_ref) for every workload at the given sizes."""
   def ro(x):  # deprecated; measured to show it no longer buys anything
     with warnings.catch_warnings():
       warnings.simplefilter("ignore", DeprecationWarning)
       return jax_remat_refs.read_only_ref(x)
-  workloads = [("1 seed x1e6", seed_scaled, jax.new_ref)]
-  workloads += [(f"2 scan(remat) stats L={L}", lambda L=L: mlp_stats(L),
-                 jax.new_ref) for L in Ls]
-  workloads += [(f"3 stacked w_ref[i] L={L}", lambda L=L: stacked_weights(L),
-                 jax.new_ref) for L in Ls]
-  workloads += [(f"3 read-only w_ref[i] L={L}", lambda L=L: stacked_weights(L),
-                 ro) for L in Ls]
-  # At batch 16 a layer's matmul costs about what reading its weights does;
-  # a larger batch shows the per-byte costs (the saved copy, the read-only
-  # check) against a layer with more compute.
-  big = 256
-  workloads += [(f"3 stacked L=32 batch {big}",
-                 lambda: stacked_weights(32, batch=big), jax.new_ref),
-                (f"3 read-only L=32 batch {big}",
-                 lambda: stacked_weights(32, batch=big), ro)]
-  workloads += [(f"3 remat(scan) w_ref[i] L={L}",
-                 lambda L=L: stacked_weights(L, outer=True), jax.new_ref)
-                for L in Ls]
-  workloads += [(f"3 remat(scan) read-only L={L}",
-                 lambda L=L: stacked_weights(L, outer=True), ro) for L in Ls]
-  workloads += [(f"4 cache write/read L={L}", lambda L=L: cache_like(L),
-                 jax.new_ref) for L in Ls]
+  w = [("1 seed x1e6", seed_scaled, jax.new_ref)]
+  w += [(f"2 scan(remat) stats L={L}", lambda L=L: mlp_stats(L), jax.new_ref)
+        for L in Ls]
+  w += [(f"3 stacked w_ref[i] L={L}", lambda L=L: stacked_weights(L),
+         jax.new_ref) for L in Ls]
+  w += [(f"3 read-only w_ref[i] L={L}", lambda L=L: stacked_weights(L), ro)
+        for L in Ls]
+  if big_batch:
+    # At batch 16 a layer's matmul costs about what reading its weights
+    # does; a larger batch shows per-byte costs against more compute.
+    L = Ls[min(1, len(Ls) - 1)]
+    w += [(f"3 stacked L={L} batch {big_batch}",
+           lambda: stacked_weights(L, batch=big_batch), jax.new_ref),
+          (f"3 read-only L={L} batch {big_batch}",
+           lambda: stacked_weights(L, batch=big_batch), ro)]
+  w += [(f"3 remat(scan) w_ref[i] L={L}",
+         lambda L=L: stacked_weights(L, outer=True), jax.new_ref) for L in Ls]
+  w += [(f"3 remat(scan) read-only L={L}",
+         lambda L=L: stacked_weights(L, outer=True), ro) for L in Ls]
+  w += [(f"4 cache write/read L={L}", lambda L=L: cache_like(L), jax.new_ref)
+        for L in Ls]
+  return w
+
+
+def _isolated(name, ns):
+  """run_workload's rows, each variant in a process of its own (so that the
+  device's peak memory is that variant's)."""
+  import subprocess
+  rows = {}
+  for k in "ABCU":
+    cmd = [sys.executable, __file__, "--only", name, "--variant", k,
+           "--width", str(WIDTH), "--batch", str(BATCH), "--dtype",
+           np.dtype(DTYPE).name, "--reps", str(ns.reps), "--Ls",
+           ",".join(map(str, ns.Ls)), "--compiles", str(ns.compiles)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    line = [l for l in out.stdout.splitlines() if l.startswith("{")]
+    rows[k] = (json.loads(line[-1]) if line else
+               dict(temp_bytes=None, residual_bytes=None, compile_s=None,
+                    step_ms=None, peak_bytes=None,
+                    error=(out.stderr or out.stdout)[-300:]))
+  return rows
+
+
+def _one_variant(name, k, ns):
+  (builder, make_ref), = [(b, m) for n, b, m in workload_list(ns.Ls) if n == name]
+  with_ref, pure, args, state = builder()
+  if k == "B":
+    row, step = prepare(pure, args, state, None)
+  elif k == "U":
+    with jax_remat_refs.upstream_behavior(), config.mutable_array_checks(False):
+      row, step = try_prepare(with_ref(jax.remat), args, state, make_ref)
+  else:
+    row, step = try_prepare(with_ref(jax.remat if k == "A" else (lambda f: f)),
+                            args, state, make_ref)
+  if step is not None:
+    row["step_ms"] = 1e3 * statistics.median(step() for _ in range(ns.reps))
+    row["peak_bytes"] = (jax.devices()[0].memory_stats() or {}).get(
+        "peak_bytes_in_use")
+  else:
+    row["step_ms"] = None
+  print(json.dumps(row))
+
+
+def main(argv=None):
+  global WIDTH, BATCH, DTYPE, COMPILES
+  p = argparse.ArgumentParser()
+  p.add_argument("--reps", type=int, default=60)
+  p.add_argument("--quick", action="store_true", help="L=8 only")
+  p.add_argument("--Ls", default="8,32,128", help="layer counts, e.g. 32,128")
+  p.add_argument("--width", type=int, default=WIDTH)
+  p.add_argument("--batch", type=int, default=BATCH)
+  p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+  p.add_argument("--compiles", type=int, default=COMPILES)
+  p.add_argument("--only", help="run only the workloads whose name contains this")
+  p.add_argument("--isolate", action="store_true",
+                 help="each variant in its own process (peak device memory)")
+  p.add_argument("--no-scaling", action="store_true",
+                 help="skip the trace-time scaling table")
+  p.add_argument("--json", help="where to write the results "
+                 "(default benchmarks/results/bench-jax<version>.json)")
+  p.add_argument("--variant", help=argparse.SUPPRESS)
+  ns = p.parse_args(argv)
+  ns.Ls = (8,) if ns.quick else tuple(int(x) for x in ns.Ls.split(","))
+  WIDTH, BATCH, COMPILES = ns.width, ns.batch, ns.compiles
+  DTYPE = jnp.dtype(ns.dtype)
+  if ns.variant:
+    return _one_variant(ns.only, ns.variant, ns)
+  workloads = [w for w in workload_list(ns.Ls)
+               if not ns.only or ns.only in w[0]]
   print(f"jax {jax.__version__}, {platform.machine()}, {os.cpu_count()} cpus, "
-        f"{jax.devices()[0].platform}; width {WIDTH}, batch {BATCH}")
+        f"{jax.devices()[0].platform} ({jax.devices()[0].device_kind}); "
+        f"width {WIDTH}, batch {BATCH}, {np.dtype(DTYPE).name}")
   hdr = (f"{'workload':30s} {'mem A/B':>8s} {'mem A/C':>8s} {'mem A/U':>8s} "
          f"{'res A/B':>8s} {'time A/B':>8s} {'U/B':>6s} {'compile A/B':>11s} "
-         f"{'U/B':>6s} {'A-B ms':>7s}")
+         f"{'U/B':>6s} {'A-B ms':>7s} {'peak A/B':>8s}")
   print(hdr)
   results = {}
   for name, builder, make_ref in workloads:
-    rows = run_workload(name, builder, ns.reps, make_ref)
+    rows = (_isolated(name, ns) if ns.isolate else
+            run_workload(name, builder, ns.reps, make_ref))
     A, B, C, U = (rows[k] for k in "ABCU")
     r = dict(mem_AB=ratio(A["temp_bytes"], B["temp_bytes"], TEMP_FLOOR),
              mem_AC=ratio(A["temp_bytes"], C["temp_bytes"], TEMP_FLOOR),
@@ -325,32 +399,42 @@ def main(argv=None):
              res_AB=ratio(A["residual_bytes"], B["residual_bytes"]),
              time_AB=ratio(A["step_ms"], B["step_ms"]),
              time_UB=ratio(U["step_ms"], B["step_ms"]),
+             time_AU=ratio(A["step_ms"], U["step_ms"]),
              compile_AB=ratio(A["compile_s"], B["compile_s"]),
              compile_UB=ratio(U["compile_s"], B["compile_s"]),
-             compile_A_minus_B_ms=1e3 * (A["compile_s"] - B["compile_s"]))
+             compile_A_minus_B_ms=(1e3 * (A["compile_s"] - B["compile_s"])
+                                   if None not in (A["compile_s"], B["compile_s"])
+                                   else float("nan")),
+             peak_AB=ratio(A.get("peak_bytes"), B.get("peak_bytes")),
+             peak_AU=ratio(A.get("peak_bytes"), U.get("peak_bytes")))
     results[name] = dict(rows=rows, ratios=r)
     print(f"{name:30s} {_fmt(r['mem_AB'], 8)} {_fmt(r['mem_AC'], 8)} "
           f"{_fmt(r['mem_AU'], 8)} {_fmt(r['res_AB'], 8)} "
           f"{_fmt(r['time_AB'], 8)} {_fmt(r['time_UB'], 6)} "
           f"{_fmt(r['compile_AB'], 11)} {_fmt(r['compile_UB'], 6)} "
-          f"{r['compile_A_minus_B_ms']:7.0f}", flush=True)
-  print()
-  print("trace time of jit(value_and_grad) against remat body size "
-        "(equations in the body; A refs, B pure):")
-  print(f"{'body eqns':>10s} {'A ms':>8s} {'B ms':>8s} {'A/B':>6s} "
-        f"{'A us/eqn':>9s}")
+          f"{r['compile_A_minus_B_ms']:7.0f} {_fmt(r['peak_AB'], 8)}",
+          flush=True)
   scaling = {}
-  for n in (100, 400, 1600):
-    a_ms, b_ms, eqns = trace_scaling(n)
-    scaling[n] = dict(A_ms=a_ms, B_ms=b_ms, body_eqns=eqns)
-    print(f"{eqns:10d} {a_ms:8.1f} {b_ms:8.1f} {a_ms / b_ms:6.2f} "
-          f"{1e3 * a_ms / eqns:9.1f}", flush=True)
-  os.makedirs("benchmarks/results", exist_ok=True)
-  out = f"benchmarks/results/bench-jax{jax.__version__}.json"
+  if not ns.no_scaling:
+    print()
+    print("trace time of jit(value_and_grad) against remat body size "
+          "(equations in the body; A refs, B pure):")
+    print(f"{'body eqns':>10s} {'A ms':>8s} {'B ms':>8s} {'A/B':>6s} "
+          f"{'A us/eqn':>9s}")
+    for n in (100, 400, 1600):
+      a_ms, b_ms, eqns = trace_scaling(n)
+      scaling[n] = dict(A_ms=a_ms, B_ms=b_ms, body_eqns=eqns)
+      print(f"{eqns:10d} {a_ms:8.1f} {b_ms:8.1f} {a_ms / b_ms:6.2f} "
+            f"{1e3 * a_ms / eqns:9.1f}", flush=True)
+  out = ns.json or f"benchmarks/results/bench-jax{jax.__version__}.json"
+  os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
   with open(out, "w") as f:
     json.dump(dict(jax=jax.__version__, date=time.strftime("%Y-%m-%d"),
-                   machine=platform.platform(), results=results,
-                   trace_scaling=scaling), f, indent=1)
+                   machine=platform.platform(),
+                   backend=jax.devices()[0].platform,
+                   device=jax.devices()[0].device_kind,
+                   width=WIDTH, batch=BATCH, dtype=np.dtype(DTYPE).name,
+                   results=results, trace_scaling=scaling), f, indent=1)
   print(f"wrote {out}")
 
 

@@ -6,19 +6,23 @@ through modules whose API is identical on every supported version.
 from __future__ import annotations
 
 import inspect
-import os
+import warnings
 from typing import Any
 
 import jax
 from jax._src import ad_checkpoint as ac
 from jax._src import core
+from jax._src import effects
 from jax._src.interpreters import ad
 from jax._src.interpreters import partial_eval as pe
 from jax._src.state import primitives as state_primitives
 from jax._src.state import discharge as state_discharge
 
-TESTED_JAX_VERSIONS = ("0.10.2", "0.12.0.1")
-ALLOW_UNTESTED_ENV = "JAX_REMAT_REFS_ALLOW_UNTESTED_JAX"
+# The releases the test suite runs on (CI: the newest of each minor line in
+# full, the others with a quick subset). Older ones are refused at import;
+# newer ones import with a warning.
+OLDEST_SUPPORTED = "0.10.0"
+NEWEST_TESTED = "0.12.0.1"
 
 JAX_VERSION = jax.__version__
 # 0.12 made `core.Jaxpr` carry its own consts (no ClosedJaxpr in most APIs).
@@ -34,17 +38,42 @@ DCE_RULE_KEEPS_EFFECTS = "live_ins" in inspect.signature(
 SWAP_TRANSPOSE_CHECKS_CONSTANT = "GradAccum" in inspect.getsource(
     ad.fancy_transposes[state_primitives.swap_p])
 
+# The type check of `closed_call` in 0.10.x takes only `call_jaxpr`, while a
+# `closed_call` retraced through its bind (e.g. under vmap) carries a `name`
+# too: `jax_enable_checks` then fails on a remat around a scan, also without
+# refs.
+CLOSED_CALL_CHECK_TAKES_PARAMS = any(
+    p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(
+        core.custom_typechecks[core.closed_call_p]).parameters.values())
+
+
+def _release(version: str) -> tuple[int, ...]:
+  """(0, 12, 0, 1) for '0.12.0.1' (or '0.12.0.1.dev2026...')."""
+  parts = []
+  for p in version.split("."):
+    if not p.isdigit():
+      break
+    parts.append(int(p))
+  return tuple(parts)
+
 
 def check_jax_version() -> None:
-  if JAX_VERSION in TESTED_JAX_VERSIONS:
-    return
-  if os.environ.get(ALLOW_UNTESTED_ENV, "") not in ("", "0"):
-    return
-  raise ImportError(
-      f"jax_remat_refs patches JAX's remat internals and was tested only on "
-      f"jax {' and '.join(TESTED_JAX_VERSIONS)}; the installed jax is "
-      f"{JAX_VERSION}. Install a tested version, or set {ALLOW_UNTESTED_ENV}=1 "
-      f"to import it anyway at your own risk.")
+  release = _release(JAX_VERSION)
+  if release < _release(OLDEST_SUPPORTED):
+    raise ImportError(
+        f"jax_remat_refs supports jax {OLDEST_SUPPORTED} and newer; the "
+        f"installed jax is {JAX_VERSION}. Upgrade jax (pip install "
+        f"'jax>={OLDEST_SUPPORTED}').")
+  if release > _release(NEWEST_TESTED):
+    warnings.warn(
+        f"jax_remat_refs was tested with jax {OLDEST_SUPPORTED} to "
+        f"{NEWEST_TESTED}; the installed jax is {JAX_VERSION}, newer than "
+        "that. It patches JAX's remat internals: run your program once "
+        "without jax.remat and compare.", UntestedJaxWarning, stacklevel=3)
+
+
+class UntestedJaxWarning(UserWarning):
+  """The installed JAX is newer than the newest release tested."""
 
 
 def close(jaxpr: core.Jaxpr):
@@ -65,14 +94,40 @@ def open_closed(closed) -> tuple[core.Jaxpr, list[Any]]:
   return closed.jaxpr, list(closed.consts)
 
 
+# 0.10.2 and later: `discharge_state(closed_jaxpr, should_discharge=...)`
+# returns a closed jaxpr; before: `discharge_state(jaxpr, consts, ...)`
+# returns (jaxpr, consts).
+_DISCHARGE_TAKES_CONSTS = "consts" in inspect.signature(
+    state_discharge.discharge_state).parameters
+
+
+def discharge_closed(closed, should_discharge):
+  """Discharge the refs selected by `should_discharge` (one per input) of a
+  closed jaxpr (of the type `pe.partial_eval_jaxpr_nounits` returns)."""
+  should_discharge = list(should_discharge)
+  if not _DISCHARGE_TAKES_CONSTS:
+    return state_discharge.discharge_state(closed,
+                                           should_discharge=should_discharge)
+  jaxpr, consts = open_closed(closed)
+  jaxpr, consts = state_discharge.discharge_state(
+      jaxpr, consts, should_discharge=should_discharge)
+  return core.ClosedJaxpr(jaxpr, consts)
+
+
 def discharge_state(jaxpr: core.Jaxpr, should_discharge) -> tuple[core.Jaxpr, list]:
   """Discharge the refs selected by `should_discharge` (one per invar) of a
   consts-free jaxpr: (jaxpr with constvars, consts)."""
-  out = state_discharge.discharge_state(close(jaxpr),
-                                        should_discharge=list(should_discharge))
-  return open_closed(out)
+  return open_closed(discharge_closed(close(jaxpr), should_discharge))
 
 
-def effect_input(effect):
-  """The jaxpr var a `JaxprInputEffect` (e.g. a `RefEffect`) is about."""
-  return effect.input
+# A `JaxprInputEffect` names the var it is about (`input`, 0.10.2 and later)
+# or its position (`input_index`: in `eqn.invars` for an equation's effects,
+# in `constvars + invars` for a jaxpr's).
+_EFFECT_HAS_VAR = "input_index" not in inspect.signature(
+    effects.JaxprInputEffect.__init__).parameters
+
+
+def effect_var(effect, binders):
+  """The var among `binders` (an equation's invars, or a jaxpr's constvars
+  and invars) that a `JaxprInputEffect` is about."""
+  return effect.input if _EFFECT_HAS_VAR else binders[effect.input_index]

@@ -21,20 +21,28 @@ def is_ref(x) -> bool:
   return isinstance(aval, AbstractRef)
 
 
-def ref_effect_inputs(effects, kinds=(RefEffect,)) -> set:
-  """The vars (jaxpr inputs) that the `kinds` effects among `effects` touch."""
-  return {_compat.effect_input(e) for e in effects if isinstance(e, kinds)}
+def ref_effect_vars(effects, binders, kinds=(RefEffect,)) -> set:
+  """The vars among `binders` that the `kinds` effects among `effects` touch
+  (`effects` and `binders` of one equation, or of one jaxpr: then `binders`
+  is its constvars followed by its invars)."""
+  return {_compat.effect_var(e, binders) for e in effects
+          if isinstance(e, kinds)}
+
+
+def _jaxpr_ref_effect_vars(jaxpr: core.Jaxpr, kinds) -> set:
+  return ref_effect_vars(jaxpr.effects, [*jaxpr.constvars, *jaxpr.invars],
+                         kinds)
 
 
 def touched_ref_invars(jaxpr: core.Jaxpr) -> list[bool]:
   """For each input of `jaxpr`: a ref that the body reads or writes."""
-  touched = ref_effect_inputs(jaxpr.effects)
+  touched = _jaxpr_ref_effect_vars(jaxpr, (RefEffect,))
   return [v in touched for v in jaxpr.invars]
 
 
 def written_ref_invars(jaxpr: core.Jaxpr) -> list[bool]:
   """For each input of `jaxpr`: a ref that the body writes or accumulates into."""
-  written = ref_effect_inputs(jaxpr.effects, (WriteEffect, AccumEffect))
+  written = _jaxpr_ref_effect_vars(jaxpr, (WriteEffect, AccumEffect))
   return [v in written for v in jaxpr.invars]
 
 
@@ -80,6 +88,6 @@ def find_eqn(jaxpr: core.Jaxpr, pred) -> core.JaxprEqn | None:
 def first_access(jaxpr: core.Jaxpr, var: core.Var, kinds=(RefEffect,)):
   """The first equation of `jaxpr` with an effect of `kinds` on input `var`."""
   for eqn in jaxpr.eqns:
-    if var in ref_effect_inputs(eqn.effects, kinds):
+    if var in ref_effect_vars(eqn.effects, eqn.invars, kinds):
       return eqn
   return None

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from jax._src.interpreters import partial_eval as pe
 from jax._src.lax.control_flow import loops
-from jax._src.state import discharge as state_discharge
 from jax._src.state import primitives as state_primitives
 
 from jax_remat_refs import _compat
@@ -35,8 +34,7 @@ def scan_known_hoisting(jaxpr_known, known_consts, *num_res):
   if not any(invariant):
     return UPSTREAM_HOISTING(jaxpr_known, known_consts, *num_res)
   should = invariant + [False] * (len(body.invars) - len(known_consts))
-  discharged = state_discharge.discharge_state(jaxpr_known,
-                                               should_discharge=should)
+  discharged = _compat.discharge_closed(jaxpr_known, should)
   # Drop the discharged refs' final values (their initial values).
   n_out = len(jaxpr_known.out_avals)
   discharged = pe.prune_closed_jaxpr_outputs(

@@ -52,16 +52,23 @@ from jax_remat_refs._errors import RematRefError
 _tls = threading.local()
 
 # Originals, captured once at import (before any install()).
-_UPSTREAM_REMAT3 = ac.remat3
-_UPSTREAM_INIT = ac.RematTraced.__init__
+_UPSTREAM_REMAT3 = getattr(ac, "remat3", None)
+_UPSTREAM_INIT = (ac.RematTraced.__init__ if hasattr(ac, "RematTraced")
+                  else None)
 _AC_FILE = ac.__file__
 _installed = False
+# Whether `jax.checkpoint` can reach remat3 at all (the `jax_remat3` option;
+# JAX before 0.11 has none).
+REACHABLE = (hasattr(jax_config, "remat3") and _UPSTREAM_REMAT3 is not None
+             and _UPSTREAM_INIT is not None)
 
 
 def install() -> None:
   """Route remat3 calls whose function uses external refs to the ref-aware
   remat2 path (idempotent)."""
   global _installed
+  if not REACHABLE:
+    return
   ac.remat3 = _remat3_entry
   ac.RematTraced.__init__ = _guarded_init
   _installed = True
@@ -70,6 +77,8 @@ def install() -> None:
 def uninstall() -> None:
   """Restore upstream's remat3 (idempotent)."""
   global _installed
+  if not REACHABLE:
+    return
   ac.remat3 = _UPSTREAM_REMAT3
   ac.RematTraced.__init__ = _UPSTREAM_INIT
   _installed = False

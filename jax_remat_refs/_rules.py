@@ -8,13 +8,16 @@
   `debug_callback`'s partial-eval rule (a callback on a value saved by name:
   `KeyError`); where JAX's `remat_dce` drops effectful remats whose outputs
   are unused (0.10.x), a DCE rule that keeps them; where the `swap` transpose
-  accumulates into a constant swapped-in value (0.10.x), one that does not.
+  accumulates into a constant swapped-in value (0.10.x), one that does not;
+  where `closed_call`'s type check rejects the `name` a retraced call
+  carries (0.10.x, with `jax_enable_checks`), one that ignores it.
 * the residual report (`_report`) names values read from refs at remat entry.
 """
 from __future__ import annotations
 
 from jax._src import ad_checkpoint as ac
 from jax._src import ad_util
+from jax._src import core
 from jax._src import debugging
 from jax._src.interpreters import ad
 from jax._src.interpreters import partial_eval as pe
@@ -29,6 +32,7 @@ remat_p = ac.remat_p
 
 UPSTREAM_DCE = pe.dce_rules[remat_p]
 UPSTREAM_SWAP_TRANSPOSE = ad.fancy_transposes[state_primitives.swap_p]
+UPSTREAM_CLOSED_CALL_CHECK = core.custom_typechecks[core.closed_call_p]
 UPSTREAM_CALLBACK_PARTIAL_EVAL_CUSTOM = pe.partial_eval_jaxpr_custom_rules[
     debugging.debug_callback_p]
 
@@ -52,6 +56,12 @@ def swap_transpose(g, ref_acc, x, *idx, **params):
                                  **params)
     return
   UPSTREAM_SWAP_TRANSPOSE(g, ref_acc, x, *idx, **params)
+
+
+def closed_call_typecheck(ctx, *in_atoms, call_jaxpr, **_):
+  """jax 0.10.x's `closed_call` type check, ignoring the params (`name`) a
+  retraced `closed_call` carries besides its jaxpr."""
+  return UPSTREAM_CLOSED_CALL_CHECK(ctx, *in_atoms, call_jaxpr=call_jaxpr)
 
 
 def callback_partial_eval_custom(saveable, unks_in, inst_in, eqn):
@@ -79,6 +89,8 @@ def install() -> None:
     pe.dce_rules[remat_p] = remat_dce
   if not _compat.SWAP_TRANSPOSE_CHECKS_CONSTANT:
     ad.fancy_transposes[state_primitives.swap_p] = swap_transpose
+  if not _compat.CLOSED_CALL_CHECK_TAKES_PARAMS:
+    core.custom_typechecks[core.closed_call_p] = closed_call_typecheck
 
 
 def uninstall() -> None:
@@ -89,3 +101,4 @@ def uninstall() -> None:
       UPSTREAM_CALLBACK_PARTIAL_EVAL_CUSTOM
   pe.dce_rules[remat_p] = UPSTREAM_DCE
   ad.fancy_transposes[state_primitives.swap_p] = UPSTREAM_SWAP_TRANSPOSE
+  core.custom_typechecks[core.closed_call_p] = UPSTREAM_CLOSED_CALL_CHECK

@@ -1,0 +1,78 @@
+"""The import gate and the feature probes of `_compat`."""
+import inspect
+from unittest import mock
+
+from absl.testing import absltest
+import jax
+from jax import lax
+import jax.numpy as jnp
+from jax._src import ad_checkpoint as ac
+from jax._src import test_util as jtu
+from jax._src.interpreters import partial_eval as pe
+
+import jax_remat_refs  # noqa: F401  (activates the patch)
+from jax_remat_refs import _compat
+from jax_remat_refs import _rules
+
+
+class VersionGateTest(jtu.JaxTestCase):
+
+  def test_release_parsing(self):
+    self.assertEqual(_compat._release("0.12.0.1"), (0, 12, 0, 1))
+    self.assertEqual(_compat._release("0.10.2.dev20261130+abc"), (0, 10, 2))
+    self.assertLess(_compat._release("0.9.2"), _compat._release("0.10.0"))
+    self.assertGreater(_compat._release("0.12.1"), _compat._release("0.12.0.1"))
+
+  def test_older_than_supported_is_refused(self):
+    with mock.patch.object(_compat, "JAX_VERSION", "0.9.2"):
+      with self.assertRaisesRegex(ImportError, "0.10.0 and newer.*0.9.2"):
+        _compat.check_jax_version()
+
+  def test_newer_than_tested_warns(self):
+    with mock.patch.object(_compat, "JAX_VERSION", "0.13.0"):
+      with self.assertWarnsRegex(_compat.UntestedJaxWarning,
+                                 "0.10.0 to 0.12.0.1.*0.13.0"):
+        _compat.check_jax_version()
+
+  def test_tested_range_imports_silently(self):
+    for v in ("0.10.0", "0.11.1", "0.12.0.1"):
+      with mock.patch.object(_compat, "JAX_VERSION", v):
+        _compat.check_jax_version()  # neither raises nor warns (-W error)
+
+
+class FeatureProbeTest(jtu.JaxTestCase):
+
+  def test_dce_rule_probe_reads_the_rule(self):
+    takes = "live_ins" in inspect.signature(_rules.UPSTREAM_DCE).parameters
+    self.assertEqual(_compat.DCE_RULE_KEEPS_EFFECTS, takes)
+    # Only an old-form rule is replaced.
+    self.assertEqual(pe.dce_rules[ac.remat_p] is _rules.UPSTREAM_DCE, takes)
+
+
+class JaxRuleFixesTest(jtu.JaxTestCase):
+  """Fixed JAX rules that programs without refs reach too (JaxTestCase runs
+  with jax_enable_checks)."""
+
+  def test_hessian_of_remat_around_scan_in_remat(self):
+    # jax 0.10.x: the closed_call that scan's partial eval makes is retraced
+    # under vmap with a `name` its type check rejected (TypeError).
+    w = jnp.array([0.3, 0.2, -0.4, 0.5])
+    def f(rm):
+      def loss(x):
+        def loop(i, h):
+          def blk(h):
+            def step(h, xs):
+              i, x = xs
+              return jnp.tanh(jnp.sin(h) * w[i] + x), ()
+            h, _ = lax.scan(rm(step), h, (jnp.arange(4), w))
+            return h
+          return rm(jax.jit(blk))(h)
+        return jnp.sum(jnp.sin(lax.fori_loop(0, 2, loop, x)))
+      return rm(loss)
+    x = jnp.linspace(-0.5, 0.5, 4)
+    self.assertAllClose(jax.hessian(f(jax.remat))(x),
+                        jax.hessian(f(lambda g: g))(x), rtol=1e-5, atol=1e-6)
+
+
+if __name__ == "__main__":
+  absltest.main(testLoader=jtu.JaxTestLoader())
