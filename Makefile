@@ -3,7 +3,7 @@
 #   make test                          # first python3 on the PATH, its default JAX
 #   make test PYTHON=python3.12        # or any interpreter path
 #   make test JAX=0.11.1 PYTHON=...    # any supported release (0.10.0 - 0.12.0.1)
-#   make test-quick JAX=0.10.0         # seed program, core tests, 100 fuzz programs
+#   make test-quick JAX=0.10.0         # seed program, core tests, 50 + 50 fuzz programs
 PYTHON ?= python3
 PYVER := $(shell $(PYTHON) -c 'import sys; print("%d%d" % sys.version_info[:2])' 2>/dev/null)
 # The JAX each Python tests by default: the newest release installable on it.
@@ -50,7 +50,8 @@ test: $(STAMP)
 test-quick: $(STAMP)
 	$(VPY) -m jax_remat_refs.demo --seed-only
 	$(VPY) -m pytest -q $(QUICK_TESTS)
-	$(VPY) -m tests.fuzz.run --n 100 --seed $(SEED) --quiet --progress 0
+	$(VPY) -m tests.fuzz.run --gen 1 --n 50 --seed $(SEED) --quiet --progress 0
+	$(VPY) -m tests.fuzz.run --gen 2 --n 50 --seed $(SEED) --quiet --progress 0
 
 demo: $(STAMP)
 	$(VPY) -m jax_remat_refs.demo

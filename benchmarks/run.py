@@ -365,7 +365,8 @@ def main(argv=None):
   p.add_argument("--batch", type=int, default=BATCH)
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   p.add_argument("--compiles", type=int, default=COMPILES)
-  p.add_argument("--only", help="run only the workloads whose name contains this")
+  p.add_argument("--only", help="run only the workloads whose name contains "
+                 "one of these (comma-separated)")
   p.add_argument("--isolate", action="store_true",
                  help="each variant in its own process (peak device memory)")
   p.add_argument("--no-scaling", action="store_true",
@@ -379,8 +380,9 @@ def main(argv=None):
   DTYPE = jnp.dtype(ns.dtype)
   if ns.variant:
     return _one_variant(ns.only, ns.variant, ns)
+  only = ns.only.split(",") if ns.only else None
   workloads = [w for w in workload_list(ns.Ls)
-               if not ns.only or ns.only in w[0]]
+               if not only or any(o in w[0] for o in only)]
   print(f"jax {jax.__version__}, {platform.machine()}, {os.cpu_count()} cpus, "
         f"{jax.devices()[0].platform} ({jax.devices()[0].device_kind}); "
         f"width {WIDTH}, batch {BATCH}, {np.dtype(DTYPE).name}")
