@@ -45,6 +45,22 @@ REF_BOUND = 3.0     # assumed bound of a float ref read
 INT_BOUND = 8.0     # assumed bound of an int ref read (as float)
 
 
+def source_header(what: str) -> list:
+  """The first lines of a printed program (both generators use them)."""
+  return [
+      f'"""Fuzz program ({what}): remat must be transparent.',
+      "",
+      "Run it: it prints each mode with and without remat; they must agree.",
+      '"""',
+      "import numpy as np",
+      "import jax",
+      "import jax.numpy as jnp",
+      "from jax import lax",
+      "from jax.ad_checkpoint import checkpoint_name",
+      "import jax_remat_refs  # noqa: F401  (activates the patch)",
+  ]
+
+
 # --------------------------------------------------------------------------
 # AST
 
@@ -221,16 +237,7 @@ class Program:
     args = [r.name for r in self.refs if r.passing == "arg"]
     xs = [n for n, _ in self.inputs]
     out = [
-        f'"""Fuzz program (seed {self.seed}): remat must be transparent.',
-        "",
-        "Run it: it prints each mode with and without remat; they must agree.",
-        '"""',
-        "import numpy as np",
-        "import jax",
-        "import jax.numpy as jnp",
-        "from jax import lax",
-        "from jax.ad_checkpoint import checkpoint_name",
-        "import jax_remat_refs  # noqa: F401  (activates the patch)",
+        *source_header(f"seed {self.seed}"),
         "",
         "CALLS = [0]",
         "",

@@ -40,6 +40,7 @@ from typing import Optional
 import numpy as np
 
 from tests.fuzz import oracle
+from tests.fuzz.gen import source_header
 
 MODES = ("vg", "vjp_write", "linearize", "jvp", "hessian")
 POLICIES = (
@@ -226,16 +227,7 @@ class Program:
     args = [r.name for r in self.refs if r.passing == "arg"]
     xs = [n for n, _ in self.inputs]
     out = [
-        f'"""Fuzz program (gen2, seed {self.seed}): remat must be transparent.',
-        "",
-        "Run it: it prints each mode with and without remat; they must agree.",
-        '"""',
-        "import numpy as np",
-        "import jax",
-        "import jax.numpy as jnp",
-        "from jax import lax",
-        "from jax.ad_checkpoint import checkpoint_name",
-        "import jax_remat_refs  # noqa: F401  (activates the patch)",
+        *source_header(f"gen2, seed {self.seed}"),
         "",
         "",
         f"def build(remat{''.join(', ' + n for n in closed)}):",
