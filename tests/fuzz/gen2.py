@@ -548,7 +548,8 @@ class Generator:
       args = dict(params=params, returns=False)
     else:
       body, b = self.gen_chain(inner, self.rng.randint(1, 3), b)
-      refs = [r.name for r in ctx.refs if self.rng.random() < 0.3]
+      refs = [n for n in dict.fromkeys(r.name for r in ctx.refs)
+              if self.rng.random() < 0.3]
       args = dict(params=["h"] + refs, returns=True)
     if not jit:
       args.update(self.ckpt_args())
