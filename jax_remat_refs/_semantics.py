@@ -1,16 +1,18 @@
 """What a remat does with the effects of its body on external refs.
 
 * ``"once"`` (default): effects on external refs (arguments or closed over)
-  happen once, in the forward pass; the rematerializing pass runs on private
-  copies of the values the forward pass saw at remat entry.
+  happen once, in the forward pass; the rematerializing pass recomputes from
+  the values the refs held at remat entry (value form, `_value_form`).
 * ``"replay"``: upstream JAX's behaviour; the rematerializing pass runs the
   effects again on the real refs (and its reads see the mutated state).
 * ``"forbid"``: touching an external ref inside the remat body is an error at
   trace time.
 
-The choice for one remat rides in the remat equation's ``policy`` parameter
-(wrapped in `RefEffectsPolicy`), so it survives nesting, jaxpr caching and
-printing without a new primitive parameter. A remat without a wrapped policy
+The choice for one remat is made when it is traced (`remat_bind`): a
+``"once"`` remat becomes a pure remat between entry reads and write-backs; a
+``"replay"`` one keeps its effects and carries the choice in its ``policy``
+parameter (wrapped in `RefEffectsPolicy`), so that it survives nesting,
+jaxpr caching and printing. A remat without a wrapped policy
 follows the global default, the ``jax_remat_ref_effects`` config option
 (environment variable ``JAX_REMAT_REF_EFFECTS``), which is part of the jit
 cache key.
@@ -71,20 +73,11 @@ class RefEffectsPolicy:
   Calls go to the wrapped policy (``nothing_saveable`` when there is none), so
   every upstream rule that calls the policy keeps working unchanged.
   """
-  __slots__ = ("mode", "base", "ref_labels", "__weakref__")
+  __slots__ = ("mode", "base", "__weakref__")
 
-  def __init__(self, mode: str, base: Callable[..., Any] | None,
-               ref_labels: tuple[str | None, ...] = ()):
+  def __init__(self, mode: str, base: Callable[..., Any] | None):
     self.mode = validate_mode(mode)
     self.base = base
-    # How to name each primal input ref in reports; not part of equality.
-    self.ref_labels = ref_labels
-
-  def with_labels(self, ref_labels):
-    return RefEffectsPolicy(self.mode, self.base, tuple(ref_labels))
-
-  def label(self, i: int) -> str | None:
-    return self.ref_labels[i] if i < len(self.ref_labels) else None
 
   def __call__(self, prim, *args, **params):
     if self.base is None:
