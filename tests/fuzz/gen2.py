@@ -40,7 +40,7 @@ from typing import Optional
 import numpy as np
 
 from tests.fuzz import oracle
-from tests.fuzz.gen import source_header
+from tests.fuzz.gen import _array_src, source_header
 
 MODES = ("vg", "vjp_write", "linearize", "jvp", "hessian")
 POLICIES = (
@@ -263,16 +263,6 @@ class Program:
     out.append(f"TOLERANCES = {{'hessian': {HESSIAN_TOL!r}}}")
     out += HARNESS.splitlines()
     return "\n".join(out) + "\n"
-
-
-def _array_src(v, dtype):
-  v = np.asarray(v)
-  conv = (lambda x: str(np.float32(x))) if dtype == "float32" else str
-  if v.ndim == 0:
-    lit = conv(v.item())
-  else:
-    lit = "[" + ", ".join(conv(x) for x in v.tolist()) + "]"
-  return f"np.array({lit}, np.{dtype})"
 
 
 HARNESS = '''
