@@ -5,9 +5,13 @@ it imports nothing of ours except `_compat`.
 """
 from __future__ import annotations
 
+import functools
 from typing import Iterator
 
+import numpy as np
+
 from jax._src import core
+from jax._src.lax import lax
 from jax._src.state.types import AbstractRef, AccumEffect, RefEffect, WriteEffect
 
 from jax_remat_refs import _compat
@@ -91,3 +95,56 @@ def first_access(jaxpr: core.Jaxpr, var: core.Var, kinds=(RefEffect,)):
     if var in ref_effect_vars(eqn.effects, eqn.invars, kinds):
       return eqn
   return None
+
+
+# Pure integer/boolean scalar arithmetic: what state discharge emits to
+# normalize static indices (`i < 0`, `i + n`, `select_n`) for every `r[k]`.
+_FOLDABLE = frozenset(
+    p.name for p in (lax.lt_p, lax.le_p, lax.gt_p, lax.ge_p, lax.eq_p,
+                     lax.ne_p, lax.add_p, lax.sub_p, lax.mul_p, lax.neg_p,
+                     lax.max_p, lax.min_p, lax.select_n_p, lax.and_p,
+                     lax.or_p, lax.not_p, lax.convert_element_type_p))
+
+
+def _int_scalar(aval) -> bool:
+  return (isinstance(aval, core.ShapedArray) and aval.shape == () and
+          np.dtype(aval.dtype).kind in "iub")
+
+
+def fold_index_literals(jaxpr: core.Jaxpr) -> core.Jaxpr:
+  """`jaxpr` with each top-level equation of `_FOLDABLE` whose inputs are
+  integer or boolean scalar literals replaced by its value, computed by the
+  primitive itself (equations that use it see a literal; it is dropped)."""
+  env: dict = {}
+  sub = lambda a: env.get(a, a) if isinstance(a, core.Var) else a
+  eqns = []
+  for eqn in jaxpr.eqns:
+    invars = [sub(a) for a in eqn.invars]
+    if (eqn.primitive.name in _FOLDABLE and invars and not eqn.effects and
+        all(isinstance(a, core.Literal) and _int_scalar(a.aval) for a in invars) and
+        all(_int_scalar(v.aval) for v in eqn.outvars)):
+      try:
+        outs = _fold(eqn.primitive, tuple((np.asarray(a.val).item(), a.aval)
+                                          for a in invars),
+                     tuple(sorted(eqn.params.items())))
+      except TypeError:  # a param that does not hash: keep the equation
+        outs = None
+      if outs is not None:
+        env.update((v, core.Literal(val, v.aval)) for v, val in
+                   zip(eqn.outvars, outs))
+        continue
+    eqns.append(eqn.replace(invars=invars) if invars != eqn.invars else eqn)
+  if not env:
+    return jaxpr
+  return jaxpr.replace(eqns=eqns, outvars=[sub(a) for a in jaxpr.outvars])
+
+
+@functools.lru_cache(maxsize=4096)
+def _fold(primitive, ins, params):
+  """The outputs, as numpy scalars, of `primitive` applied to the scalars
+  `ins` ((value, aval) pairs); the same few recur in every index."""
+  with core.eval_context():
+    outs = primitive.bind(*(np.asarray(v, aval.dtype) for v, aval in ins),
+                          **dict(params))
+  outs = outs if primitive.multiple_results else [outs]
+  return tuple(np.asarray(o)[()] for o in outs)

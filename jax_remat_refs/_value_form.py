@@ -100,7 +100,7 @@ def _value_form(jaxpr: core.Jaxpr):
   pure, consts = _compat.discharge_state(jaxpr, is_ref)
   ref_pos = [i for i, r in enumerate(is_ref) if r]
   keep = [True] * len(jaxpr.outvars) + [i in written for i in ref_pos]
-  pure = pe.convert_constvars_jaxpr(pure)
+  pure = ju.fold_index_literals(pe.convert_constvars_jaxpr(pure))
   pure, _ = pe.dce_jaxpr(pure, keep, instantiate=True)
   return pure, consts, written
 

@@ -358,6 +358,25 @@ class JaxprTest(jtu.JaxTestCase):
     text = str(jax.make_jaxpr(jrr.remat(f, ref_effects="replay"))(0.5))
     self.assertNotIn("RefEffects", text)
 
+  def test_static_indices_fold_to_literals(self):
+    # Discharging `r[k]` normalizes the static index k (k < 0, k + n,
+    # select) with scalar equations on literals; the value form's body has
+    # their values instead, and reads the same elements (-1 included).
+    def f(x, r):
+      r[1] = jnp.sin(r[-1])
+      return x * r[1] + x * x * r[2]
+    _, (remat,) = self._remats(jax.remat(f), 0.5, jax.new_ref(jnp.arange(4.)))
+    names = {e.primitive.name for e in remat.params["jaxpr"].eqns}
+    self.assertNoCommonElements(names, {"lt", "select_n"})
+    def expected(x, v):
+      v = v.at[1].set(jnp.sin(v[3]))
+      return x * v[1] + x * x * v[2], v
+    for fun in (jax.remat(f), jax.jit(jax.remat(f))):
+      r = jax.new_ref(jnp.arange(4.))
+      g = jax.grad(fun)(0.5, r)
+      want_g = jax.grad(lambda x: expected(x, jnp.arange(4.))[0])(0.5)
+      self.assertAllClose(g, want_g)
+      self.assertAllClose(r[...], expected(0.5, jnp.arange(4.))[1])
 
 class BadInputTest(jtu.JaxTestCase):
 
