@@ -1,1552 +1,631 @@
-"""`make patch`: the change as a patch against JAX's own tree, proved alone.
+"""`make patch`: the change as a series of in-place patches against JAX's tags.
 
-Run with the interpreter of a venv that has a supported JAX installed:
+    python build/make_patch.py [--tags jax-v0.10.2,...] [--repo PATH] [--out DIR]
 
-  1. Checks that the installed `jax` package is pristine (every file against the
-     sha256 in its wheel RECORD; no file the wheel did not install).
-  2. Builds JAX's tree with the change:
-       jax/_src/remat_refs/*.py     this repo's package (demo/flax modules left
-                                    out), imports rewritten to the new place,
-                                    the version-refusal call removed;
-       jax/_src/ad_checkpoint.py    `_install_ref_aware_remat_rules()` at the end;
-       jax/__init__.py              calls it at the very end, once every module
-                                    the rules import has been loaded;
-       tests/remat_refs_*_test.py   this repo's tests/test_*.py in JAX's style
-                                    (helpers they import come along, flattened;
-                                    files needing flax & co. and the tests named
-                                    in build/overlay_only.txt stay out).
-  3. Writes build/out/jax-remat-refs-<jax version>.patch (git diff format, paths
-     relative to a JAX checkout's root), build/out/tests/ and
-     build/out/PR_DESCRIPTION.md.
-  4. Self-check, on a copy of the pristine package in a temporary directory
-     (the venv's own jax is never written to):
-       `git apply --check` and `patch --dry-run`; apply with `patch -p1`;
-       the seed program with the overlay package blocked from import: the
-         right answer (grad 1.0 / ref 2.0, equal to the program without remat);
-       side by side: the converted in-JAX tests with the overlay package
-         blocked, and this repo's tests/ against the patched JAX (the overlay
-         then only aliases jax._src.remat_refs, see jax_remat_refs/__init__.py);
-         logs in build/out/selfcheck-<jax version>/; tests that fail are rerun
-         with the overlay on the venv's pristine JAX to tell whose they are;
-       `patch -R`: the copy matches the wheel RECORD again, and the seed
-         program is back to upstream's grad 2.0 / ref 3.0 (and with the
-         overlay imported, 1.0 / 2.0 again).
-     Results go to build/out/selfcheck-<jax version>.json.
+For each tag (default: every supported tag the JAX repository has, see
+`TAGS`) the tag's tree is exported into a scratch git repository and the
+series is built by editing JAX's own files where the code lives, one commit a
+patch, smallest first:
 
-Environment:
-  PATCH_TESTS      which tests the self-check runs: "all" (default), "none", or
-                   names/globs of tests/test_*.py files separated by commas or
-                   spaces ("smoke", "test_smoke.py", "test_*cond*"); a leading
-                   "-" leaves files out ("-fuzz": all but test_fuzz.py).
-  PATCH_SUITES     which runs of those tests: "jax,repo" (default); "jax": the
-                   converted tests/remat_refs_*_test.py with this repo's
-                   package blocked; "repo": this repo's tests/ on the patched
-                   JAX.
-  PATCH_SELFCHECK  "0" writes the patch without the self-check.
-  PATCH_KEEP_TMP   "1" keeps the temporary JAX tree and prints where it is.
+  0001 debug-callback   debugging.py: a callback replayed in the remat gets
+                        the residuals it reads (KeyError with names policies)
+  0002 remat-dce        ad_checkpoint.py: remat_dce keeps effectful remats
+                        whose outputs are unused            (tags that drop them)
+  0003 swap-transpose   state/primitives.py: a constant swapped into a ref
+                        takes no cotangent                  (tags without it)
+  0004 closed-call      core.py: closed_call's type check accepts its params
+                                                            (tags without it)
+  0005 value-form       ad_checkpoint.py: a remat whose body uses refs is bound
+                        in value form; loops.py: scan hoists reads of refs its
+                        body never writes
+  0006 remat3           ad_checkpoint.py: remat3 of a body with refs takes the
+                        value form                          (tags with remat3)
+  0007 ref-effects      ad_checkpoint.py + config.py: `ref_effects=` on
+                        jax.checkpoint and the jax_remat_ref_effects option
+
+and tests/remat_refs_test.py grows with each patch (its sections come from
+build/upstream/remat_refs_test.py, split at `# -- NAME --` lines).
+
+One source of truth: the code of 0005 (and the queries 0006/0007 use) is not
+written here. It is the overlay's own functions (jax_remat_refs/_value_form.py,
+_loops.py, _jaxpr_util.py, _errors.py, _report.py), extracted with `ast` and
+renamed into JAX's namespace (`ju.is_ref` -> `_is_ref`, ...); the overlay's
+`_compat` calls are replaced by the one form the tag has, probed from the
+tag's source (`Tag.features`), so a patch carries no code for other versions.
+What only the upstream form has (the edits of call sites, the mode option)
+is written below as edits of the tag's text, each anchored on text that must
+be there exactly once.
+
+Outputs in --out (default build/out/patches): <tag>/NNNN-<name>.patch,
+<tag>/PR-NNNN-<name>.md, <tag>/series.json (line counts: jax/ and tests/
+apart). `--check` then, per tag: `git apply` of the series in order on a fresh
+export, and writes <tag>/check.sh, the command that runs JAX's own tests and
+the added tests on the patched tree (build/check_patch.sh runs it).
 """
 from __future__ import annotations
 
+import argparse
 import ast
-import base64
-import datetime
-import difflib
-import fnmatch
-import hashlib
-import importlib.metadata
-import io
 import json
-import os
 import pathlib
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import textwrap
-import time
-import tokenize
-from xml.etree import ElementTree
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-OUT = REPO / "build" / "out"
-PKG = "jax_remat_refs"              # this repo's package
-IN_JAX_PKG = "jax._src.remat_refs"  # where the patch puts it
-IN_JAX_DIR = "jax/_src/remat_refs"
-IN_JAX_BIND = "remat_refs"          # the name code binds it to
-TEST_PREFIX = "remat_refs_"         # JAX's tests/ is flat: our files share this
-EXCLUDED_MODULES = ("demo*", "*flax*", "__main__")
-SEED_GRAD, SEED_REF = 1.0, 2.0          # y * x with x = 1 at entry; one += 1
-UPSTREAM_GRAD, UPSTREAM_REF = 2.0, 3.0  # the += 1 replayed before the re-read
-# Marks the block of jax_remat_refs/__init__.py that makes the overlay an alias
-# of a patched JAX's copy; the in-JAX copy of __init__.py leaves it out.
-DETECT_BEGIN = "# >>> in-JAX build detection"
-DETECT_END = "# <<< in-JAX build detection"
-# Tests (functions or classes) of the out-of-tree package itself carry this
-# decorator; they are left out of JAX's tests/.
-OVERLAY_ONLY = "overlay_only"
+PKG = REPO / "jax_remat_refs"
+UPSTREAM = REPO / "build" / "upstream"
+DEFAULT_JAX_REPO = pathlib.Path("/work/.mirror/jax-ml+jax/repo")
+TAGS = ("jax-v0.10.0", "jax-v0.10.1", "jax-v0.10.2", "jax-v0.11.0")
 
-
-class BuildError(Exception):
-  pass
-
-
-def log(msg: str = "") -> None:
-  print(msg, flush=True)
+AC = "jax/_src/ad_checkpoint.py"
+LOOPS = "jax/_src/lax/control_flow/loops.py"
+TEST = "tests/remat_refs_test.py"
+EXPORTED = ("jax", "tests", "conftest.py", "pyproject.toml", "setup.py")
 
 
 # --------------------------------------------------------------------------
-# the installed JAX, checked against its wheel RECORD
+# the tag's tree
 
-def installed_jax():
-  """(version, package directory, {relative path: (sha256 b64, size)})."""
-  dist = importlib.metadata.distribution("jax")
-  record = {}
-  for f in dist.files or ():
-    rel = str(f).replace(os.sep, "/")
-    if not rel.startswith("jax/") or f.hash is None:
-      continue
-    if f.hash.mode != "sha256":
-      raise BuildError(f"RECORD of jax {dist.version}: {rel} hashed with "
-                       f"{f.hash.mode}, expected sha256")
-    record[rel] = (f.hash.value, f.size)
-  if not record:
-    raise BuildError(f"jax {dist.version} has no RECORD with file hashes; "
-                     "cannot tell whether it is pristine")
-  jax_dir = pathlib.Path(dist.locate_file("jax/__init__.py")).parent.resolve()
-  return dist.version, jax_dir, record
+def git(*args, cwd=None, check=True, **kw):
+  return subprocess.run(["git", *args], cwd=cwd, check=check, text=True,
+                        capture_output=True, **kw)
 
 
-def _b64_sha256(data: bytes) -> str:
-  digest = hashlib.sha256(data).digest()
-  return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+def export(jax_repo: pathlib.Path, tag: str, dest: pathlib.Path) -> None:
+  """The tree of `tag`, as a git repository with one commit."""
+  dest.mkdir(parents=True)
+  # The paths a patch touches and JAX's test set-up (a mirror may lack the
+  # blobs of large files elsewhere in the tree).
+  archive = subprocess.run(["git", f"--git-dir={jax_repo}", "archive", tag,
+                            "--", *EXPORTED], check=True,
+                           capture_output=True).stdout
+  subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+  git("init", "-q", cwd=dest)
+  git("add", "-A", cwd=dest)
+  git("-c", "user.name=make_patch", "-c", "user.email=make_patch@localhost",
+      "commit", "-qm", tag, cwd=dest)
 
 
-def _is_bytecode(rel: str) -> bool:
-  return "__pycache__/" in rel or rel.endswith((".pyc", ".pyo"))
+class Tag:
+  """The files of one tag's tree and the features the series depends on."""
 
+  def __init__(self, root: pathlib.Path):
+    self.root = root
+    ac = self.read(AC)
+    self.features = dict(
+        # A ref effect names its var (`input`) or its position (`input_index`).
+        effect_has_var="input_index" not in self.read("jax/_src/effects.py"),
+        # `core.Jaxpr` carries its consts (no ClosedJaxpr).
+        jaxpr_is_closed="class ClosedJaxpr" not in self.read("jax/_src/core.py"),
+        # discharge_state(closed_jaxpr, should_discharge=) or the older
+        # discharge_state(jaxpr, consts, ...) with discharge_state2 closed.
+        discharge_takes_closed=bool(re.search(
+            r"def discharge_state\(\s*closed_jaxpr",
+            self.read("jax/_src/state/discharge.py"))),
+        dce_drops_effects=("_has_effects(new_jaxpr.effects)):\n    return used_inputs, None"
+                           in ac),
+        swap_accumulates_constants=(
+            "    x.accum(x_bar)\nad.fancy_transposes[swap_p]"
+            in self.read("jax/_src/state/primitives.py")),
+        closed_call_check_rejects_params=(
+            "def _check_closed_call(_, *in_atoms, call_jaxpr):"
+            in self.read("jax/_src/core.py")),
+        has_remat3="config.remat3" in ac and "def _remat3(policy, static_argnums"
+        in ac,
+    )
 
-def pristine_problems(root: pathlib.Path, record) -> list[str]:
-  """How the tree `root`/jax differs from the RECORD ([] when pristine).
+  def read(self, path: str) -> str:
+    return (self.root / path).read_text()
 
-  Bytecode caches are ignored; a directory holding nothing but them (left
-  behind by a reverted patch) is reported, since it would import as a
-  namespace package."""
-  problems = []
-  for rel, (want, size) in sorted(record.items()):
-    if _is_bytecode(rel):
-      continue
-    path = root / rel
-    if not path.is_file():
-      problems.append(f"missing: {rel}")
-      continue
-    data = path.read_bytes()
-    if (size is not None and len(data) != size) or _b64_sha256(data) != want:
-      problems.append(f"modified: {rel}")
-  for dirpath, dirnames, filenames in os.walk(root / "jax"):
-    dirnames[:] = [d for d in dirnames if d != "__pycache__"]
-    rel_dir = pathlib.Path(dirpath).relative_to(root).as_posix()
-    for name in filenames:
-      rel = f"{rel_dir}/{name}"
-      if not _is_bytecode(rel) and rel not in record:
-        problems.append(f"not installed by the wheel: {rel}")
-    if not filenames and not dirnames:
-      problems.append(f"directory not installed by the wheel: {rel_dir}/")
-  return problems
+  def write(self, path: str, text: str) -> None:
+    (self.root / path).write_text(text)
 
+  def edit(self, path: str, old: str, new: str) -> None:
+    """Replace `old`, which must occur exactly once, by `new`."""
+    text = self.read(path)
+    n = text.count(old)
+    if n != 1:
+      raise SystemExit(f"{path}: expected the anchor once, found {n}:\n{old}")
+    self.write(path, text.replace(old, new))
 
-# --------------------------------------------------------------------------
-# source rewriting: imports of this repo's modules -> their place in JAX
-
-def _line_offsets(src: str) -> list[int]:
-  offsets, pos = [0], 0
-  for line in src.splitlines(keepends=True):
-    pos += len(line)
-    offsets.append(pos)
-  return offsets
-
-
-def _char_col(lines: list[str], lineno: int, byte_col: int) -> int:
-  """ast gives columns in UTF-8 bytes; tokenize and str slicing use chars."""
-  return len(lines[lineno - 1].encode("utf-8")[:byte_col].decode("utf-8"))
-
-
-def _apply_edits(src: str, edits) -> str:
-  """`edits`: ((line, col), (line, col), text), 1-based lines, char cols."""
-  offsets = _line_offsets(src)
-  spans = sorted(((offsets[a[0] - 1] + a[1], offsets[b[0] - 1] + b[1], t)
-                  for a, b, t in edits), reverse=True)
-  prev_start = len(src) + 1
-  for start, end, text in spans:
-    if end > prev_start:
-      raise BuildError("overlapping source edits (internal error)")
-    src = src[:start] + text + src[end:]
-    prev_start = start
-  return src
-
-
-_FROM_RE = re.compile(r"from\s+(.*?)\s*import\b", re.S)
-
-
-class ImportRewriter:
-  """Rewrites a module's imports through `map_module`.
-
-  map_module(absolute dotted name) -> (new name, is_flat_helper) or None.
-  A "flat helper" is a test helper module that becomes a top-level module of
-  JAX's tests/ directory (imported by bare name).
-  """
-
-  def __init__(self, map_module, package: str | None,
-               string_renames: dict[str, str] | None = None):
-    self.map_module = map_module
-    # Words to replace inside string literals: the test modules' old names
-    # (a test may match its own file name in an error message's location).
-    self.string_renames = string_renames or {}
-    self.package = package  # for resolving relative imports; None: keep them
-    self.used: set[str] = set()  # original names of the modules rewritten
-    self.strings_rewritten = 0
-    self.names_rewritten = 0
-
-  def _resolve(self, node: ast.ImportFrom) -> str | None:
-    if node.level == 0:
-      return node.module
-    if self.package is None:
-      return None
-    base = self.package.split(".")
-    if node.level > 1:
-      base = base[:-(node.level - 1)]
-    return ".".join(base + ([node.module] if node.module else []))
-
-  def rewrite(self, src: str, filename: str) -> str:
-    tree = ast.parse(src, filename)
-    lines = src.splitlines(keepends=True)
-    names_in_use = {t.string for t in tokenize.generate_tokens(
-        io.StringIO(src).readline) if t.type == tokenize.NAME}
-    # `import jax_remat_refs` binds `remat_refs`, unless that name is taken.
-    bind = PKG if IN_JAX_BIND in names_in_use else IN_JAX_BIND
-    edits, spans = [], []
-    for node in ast.walk(tree):
-      if not isinstance(node, (ast.Import, ast.ImportFrom)):
-        continue
-      new = self._rewrite_import(node, src, lines, bind)
-      if new is None:
-        continue
-      start = (node.lineno, _char_col(lines, node.lineno, node.col_offset))
-      end = (node.end_lineno,
-             _char_col(lines, node.end_lineno, node.end_col_offset))
-      edits.append((start, end, new))
-      spans.append((start, end))
-    if bind != PKG:
-      edits += self._rename_package_name(src, spans, bind)
-    edits += self._rewrite_code_in_strings(src)
-    return _apply_edits(src, edits)
-
-  # Source code held in string literals (programs a test generates or runs in
-  # a subprocess): its `import jax_remat_refs` / `from jax_remat_refs... import`
-  # lines, and only those, move to the in-JAX package too.
-  _STR_IMPORT_RE = re.compile(
-      r"(^|\n|\\n|[\"'])([ \t]*)import %s(?![\w.])" % PKG)
-  _STR_FROM_RE = re.compile(
-      r"(^|\n|\\n|[\"'])([ \t]*)from %s((?:\.\w+)*) import\b" % PKG)
-
-  def _rewrite_code_in_strings(self, src):
-    edits = []
-    renames = re.compile(r"\b(%s)\b" % "|".join(
-        map(re.escape, self.string_renames))) if self.string_renames else None
-    for tok in tokenize.generate_tokens(io.StringIO(src).readline):
-      if tok.type != tokenize.STRING:
-        continue
-      new = tok.string
-      if renames is not None:
-        new = renames.sub(lambda m: self.string_renames[m[1]], new)
-        if new != tok.string:
-          self.names_rewritten += 1
-      if PKG not in new:
-        if new != tok.string:
-          edits.append((tok.start, tok.end, new))
-        continue
-      before = new
-      new = self._STR_IMPORT_RE.sub(
-          lambda m: f"{m[1]}{m[2]}import {IN_JAX_PKG} as {PKG}", tok.string)
-      new = self._STR_FROM_RE.sub(
-          lambda m: f"{m[1]}{m[2]}from {IN_JAX_PKG}{m[3]} import", new)
-      if new != before:
-        self.strings_rewritten += 1
-      if new != tok.string:
-        edits.append((tok.start, tok.end, new))
-    return edits
-
-  def _segment(self, src, lines, node):
-    offsets = _line_offsets(src)
-    a = offsets[node.lineno - 1] + _char_col(lines, node.lineno, node.col_offset)
-    b = offsets[node.end_lineno - 1] + _char_col(lines, node.end_lineno,
-                                                 node.end_col_offset)
-    return src[a:b]
-
-  def _rewrite_import(self, node, src, lines, bind) -> str | None:
-    if isinstance(node, ast.ImportFrom):
-      module = self._resolve(node)
-      if module is None:
-        return None
-      mapped = self.map_module(module)
-      segment = self._segment(src, lines, node)
-      if mapped is not None and not mapped[1]:
-        # from jax_remat_refs[.x] import ... -> from jax._src.remat_refs[.x] ...
-        m = _FROM_RE.match(segment)
-        self.used.add(module)
-        return f"from {mapped[0]} import" + segment[m.end():]
-      if mapped is not None and mapped[1] and all(
-          self.map_module(f"{module}.{a.name}") is None for a in node.names):
-        # from tests.helper import f -> from remat_refs_helper import f
-        m = _FROM_RE.match(segment)
-        self.used.add(module)
-        return f"from {mapped[0]} import" + segment[m.end():]
-      # from tests import helper -> import remat_refs_helper as helper
-      subs = [(a, self.map_module(f"{module}.{a.name}")) for a in node.names]
-      if not any(s for _, s in subs):
-        if mapped is not None:
-          raise BuildError(f"cannot rewrite import: {segment!r}")
-        return None
-      stmts = []
-      for a, s in subs:
-        local = a.asname or a.name
-        if s is None:
-          raise BuildError(f"cannot rewrite import mixing modules and other "
-                           f"names, split it: {segment!r}")
-        self.used.add(f"{module}.{a.name}")
-        if s[1]:
-          stmts.append(f"import {s[0]} as {local}")
-        else:
-          parent, _, leaf = s[0].rpartition(".")
-          stmts.append(f"from {parent} import {leaf}" +
-                       ("" if local == leaf else f" as {local}"))
-      return "; ".join(stmts)
-    # ast.Import
-    if not any(self.map_module(a.name) for a in node.names):
-      return None
-    stmts = []
-    for a in node.names:
-      s = self.map_module(a.name)
-      if s is None:
-        stmts.append(f"import {a.name}" + (f" as {a.asname}" if a.asname
-                                           else ""))
-        continue
-      self.used.add(a.name)
-      if s[1]:  # import tests.helper [as h]
-        if a.asname is None:
-          raise BuildError(f"import {a.name} without `as` cannot be kept for "
-                           "a flattened test helper; use `from ... import`")
-        stmts.append(f"import {s[0]} as {a.asname}")
-      elif a.asname is not None:  # import jax_remat_refs[.x] as y
-        parent, _, leaf = s[0].rpartition(".")
-        stmts.append(f"from {parent} import {leaf} as {a.asname}")
-      elif a.name == PKG:  # import jax_remat_refs
-        parent, _, leaf = IN_JAX_PKG.rpartition(".")
-        stmts.append(f"from {parent} import {leaf}" +
-                     ("" if bind == leaf else f" as {bind}"))
-      else:  # import jax_remat_refs.x: binds the package, loads x
-        parent, _, leaf = IN_JAX_PKG.rpartition(".")
-        stmts.append(f"from {parent} import {leaf}" +
-                     ("" if bind == leaf else f" as {bind}"))
-        # (`import a.b.c` would bind `jax`, maybe shadowing it in a function)
-        stmts.append(f"__import__({s[0]!r})")
-    return "; ".join(stmts)
-
-  def _rename_package_name(self, src, import_spans, bind):
-    """`jax_remat_refs.x` in code -> `remat_refs.x` (strings stay)."""
-    edits, prev = [], None
-    for tok in tokenize.generate_tokens(io.StringIO(src).readline):
-      if (tok.type == tokenize.NAME and tok.string == PKG and
-          not (prev is not None and prev.type == tokenize.OP and
-               prev.string == ".") and
-          not any(a <= tok.start < b for a, b in import_spans)):
-        edits.append((tok.start, tok.end, bind))
-      if tok.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT,
-                          tokenize.INDENT, tokenize.DEDENT):
-        prev = tok
-    return edits
-
-
-def leftover_package_names(src: str) -> list[str]:
-  """Code (not strings/comments) still naming this repo's package."""
-  left = []
-  for tok in tokenize.generate_tokens(io.StringIO(src).readline):
-    if tok.type == tokenize.NAME and tok.string == PKG:
-      left.append(f"line {tok.start[0]}")
-  return left
-
-
-def _cut(src: str, begin: int, end: int) -> str:
-  """Removes whole lines src[begin:end]; the blank lines around them merge
-  (as many remain as on the wider side)."""
-  head, tail = src[:begin], src[end:]
-  before = len(head) - len(head.rstrip("\n")) - 1  # blank lines above
-  after = len(tail) - len(tail.lstrip("\n"))       # blank lines below
-  if before < 0:
-    return head + tail
-  return head.rstrip("\n") + "\n" * (1 + max(before, after)) + \
-      tail.lstrip("\n")
-
-
-def strip_detection_block(src: str, filename: str) -> str:
-  begin = src.find(DETECT_BEGIN)
-  if begin < 0:
-    return src
-  end = src.find(DETECT_END, begin)
-  if end < 0:
-    raise BuildError(f"{filename}: '{DETECT_BEGIN}' without '{DETECT_END}'")
-  begin = src.rfind("\n", 0, begin) + 1
-  end = src.find("\n", end) + 1
-  return _cut(src, begin, end)
-
-
-_CHECK_CALL_RE = re.compile(
-    r"^[ \t]*(?:[A-Za-z_][\w.]*\.)?check_jax_version\(\)[ \t]*(?:#.*)?\n",
-    re.M)
-
-
-def strip_version_check(src: str) -> tuple[str, int]:
-  n = 0
-  while m := _CHECK_CALL_RE.search(src):
-    src, n = _cut(src, m.start(), m.end()), n + 1
-  return src, n
-
-
-OVERLAY_ONLY_LIST = pathlib.Path(__file__).resolve().parent / "overlay_only.txt"
-
-
-def overlay_only_entries() -> list[str]:
-  if not OVERLAY_ONLY_LIST.is_file():
-    return []
-  return [line.strip() for line in OVERLAY_ONLY_LIST.read_text().splitlines()
-          if line.strip() and not line.lstrip().startswith("#")]
-
-
-def strip_listed(src: str, path: pathlib.Path, entries: list[str]
-                 ) -> tuple[str, list[str]]:
-  """Drops the definitions `entries` ("Class::method", "Class", "function")
-  name; a name not found is an error (the list went stale)."""
-  tree = ast.parse(src, str(path))
-  offsets, cuts = _line_offsets(src), []
-  for entry in entries:
-    scope, node = tree.body, None
-    for name in entry.split("::"):
-      node = next((n for n in scope if isinstance(
-          n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and
-                   n.name == name), None)
-      if node is None:
-        raise BuildError(f"{OVERLAY_ONLY_LIST.name}: {path.name}::{entry} "
-                         "not found; update the list")
-      scope = getattr(node, "body", [])
-    first = min([node.lineno] + [d.lineno for d in node.decorator_list])
-    cuts.append((first, node.end_lineno))
-  for first, last in sorted(cuts, reverse=True):
-    src = _cut(src, offsets[first - 1], offsets[last])
-  return src, list(entries)
-
-
-def _decorator_name(node) -> str:
-  while isinstance(node, ast.Call):
-    node = node.func
-  if isinstance(node, ast.Attribute):
-    return node.attr
-  return getattr(node, "id", "")
-
-
-def strip_overlay_only(src: str, filename: str) -> tuple[str, list[str]]:
-  """Drops tests decorated with `@overlay_only` (tests of the out-of-tree
-  package itself, e.g. that importing it activates the rules)."""
-  tree = ast.parse(src, filename)
-  cuts = []
-  for node in ast.walk(tree):
-    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
-                  ) and any(_decorator_name(d) == OVERLAY_ONLY
-                            for d in node.decorator_list):
-      first = min(d.lineno for d in node.decorator_list)
-      cuts.append((first, node.end_lineno, node.name))
-  offsets = _line_offsets(src)
-  for first, last, _ in sorted(cuts, reverse=True):
-    src = _cut(src, offsets[first - 1], offsets[last])
-  return src, [name for _, _, name in sorted(cuts)]
+  def commit(self, name: str) -> str:
+    git("add", "-A", cwd=self.root)
+    git("-c", "user.name=make_patch", "-c", "user.email=make_patch@localhost",
+        "commit", "-qm", name, cwd=self.root)
+    return git("format-patch", "-1", "--stdout", "--no-signature",
+               "--no-stat", cwd=self.root).stdout
 
 
 # --------------------------------------------------------------------------
-# the package -> jax/_src/remat_refs
+# the overlay's functions in JAX's namespace
 
-def license_header(year: int) -> str:
-  return textwrap.dedent(f"""\
-      # Copyright {year} The JAX Authors.
-      #
-      # Licensed under the Apache License, Version 2.0 (the "License");
-      # you may not use this file except in compliance with the License.
-      # You may obtain a copy of the License at
-      #
-      #     https://www.apache.org/licenses/LICENSE-2.0
-      #
-      # Unless required by applicable law or agreed to in writing, software
-      # distributed under the License is distributed on an "AS IS" BASIS,
-      # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
-      # See the License for the specific language governing permissions and
-      # limitations under the License.
-
-      """)
-
-
-def _excluded(stem: str) -> bool:
-  return any(fnmatch.fnmatch(stem, pat) for pat in EXCLUDED_MODULES)
-
-
-def package_modules() -> tuple[dict[str, pathlib.Path], list[str]]:
-  """{dotted name under the package: file} of what goes into JAX, and the
-  names left out."""
-  root = REPO / PKG
-  mods, left_out = {}, []
-  for path in sorted(root.rglob("*.py")):
-    rel = path.relative_to(root)
-    if "__pycache__" in rel.parts:
-      continue
-    if any(not (root.joinpath(*rel.parts[:i]) / "__init__.py").is_file()
-           for i in range(1, len(rel.parts))):
-      continue  # not inside a (sub)package
-    parts = list(rel.with_suffix("").parts)
-    if any(_excluded(p) for p in parts):
-      left_out.append(".".join(parts))
-      continue
-    mods[".".join(parts)] = path
-  if "__init__" not in mods:
-    raise BuildError(f"{root}/__init__.py not found")
-  return mods, left_out
-
-
-def _in_jax_module(name: str) -> str | None:
-  if name == PKG:
-    return IN_JAX_PKG
-  if name.startswith(PKG + "."):
-    return IN_JAX_PKG + name[len(PKG):]
-  return None
-
-
-def build_package(year: int):
-  """{JAX-root-relative path: new text}, notes, the modules left out."""
-  mods, left_out = package_modules()
-  excluded = {f"{PKG}.{m}" for m in left_out}
-  files, notes, check_calls, in_text = {}, [], 0, []
-
-  def map_module(name):
-    if name in excluded or any(name.startswith(e + ".") for e in excluded):
-      raise BuildError(f"a module bound for JAX imports {name}, which is left "
-                       f"out of the patch ({', '.join(EXCLUDED_MODULES)})")
-    m = _in_jax_module(name)
-    return None if m is None else (m, False)
-
-  for dotted, path in mods.items():
-    parts = dotted.split(".")
-    src = path.read_text(encoding="utf-8")
-    src = strip_detection_block(src, str(path))
-    src, n = strip_version_check(src)
-    check_calls += n
-    rewriter = ImportRewriter(map_module, package=None)
-    src = rewriter.rewrite(src, str(path))
-    if rewriter.strings_rewritten:
-      notes.append(f"{path.relative_to(REPO)}: imports of {PKG} inside "
-                   f"{rewriter.strings_rewritten} string(s) rewritten")
-    left = leftover_package_names(src)
-    if left:
-      raise BuildError(f"{path}: still names {PKG} in code at "
-                       f"{', '.join(left)} after rewriting; extend "
-                       "build/make_patch.py or avoid the dynamic reference")
-    if PKG in src:
-      in_text.append(path.name)
-    rel = IN_JAX_DIR + "/" + "/".join(parts) + ".py"
-    text = license_header(year) + src
-    compile(text, rel, "exec")
-    files[rel] = text
-  if in_text:
-    notes.append(f"'{PKG}' still named in strings/comments (messages, docs) "
-                 f"of {', '.join(in_text)}")
-  all_text = "".join(files.values())
-  if re.search(r"check_jax_version\(\)", all_text.replace(
-      "def check_jax_version()", "")):
-    raise BuildError("a check_jax_version() call is left in the in-JAX copy "
-                     "in a form build/make_patch.py does not strip")
-  if not check_calls:
-    notes.append("no check_jax_version() call found to strip")
-  init = ast.parse(files[f"{IN_JAX_DIR}/__init__.py"])
-  if not any(isinstance(n, ast.FunctionDef) and n.name == "activate"
-             for n in init.body):
-    raise BuildError(f"{PKG}/__init__.py defines no activate(); the hook in "
-                     "ad_checkpoint.py calls it")
-  return files, notes, left_out
-
-
-AD_CHECKPOINT_HOOK = '''
-
-# Ref-aware rules for remat_p (jax/_src/remat_refs): a remat body's effects on
-# refs it did not create (arguments or closed over) happen once, in the forward
-# pass, and the rematerializing pass reads private copies of the values they
-# had at remat entry. Those rules import modules that import this one (control
-# flow, state discharge), so jax/__init__.py installs them once it has loaded
-# everything, by calling this function.
-def _install_ref_aware_remat_rules() -> None:
-  from jax._src import remat_refs  # pylint: disable=g-import-not-at-top
-  remat_refs.activate()
-'''
-
-JAX_INIT_HOOK = '''
-# Install remat's ref-aware rules (jax/_src/remat_refs) now that every module
-# they use has been imported.
-from jax._src.ad_checkpoint import _install_ref_aware_remat_rules
-_install_ref_aware_remat_rules()
-del _install_ref_aware_remat_rules
-'''
-
-
-def build_hooks(jax_dir: pathlib.Path) -> dict[str, tuple[str, str]]:
-  """{path: (pristine text, patched text)} of the edited JAX files."""
+def _defs(module: str) -> dict[str, str]:
+  """Top-level definitions of jax_remat_refs/<module>.py by name: source text
+  with decorators (assignments too, by their target's name)."""
+  src = (PKG / f"{module}.py").read_text()
   out = {}
-  for rel, hook in (("jax/_src/ad_checkpoint.py", AD_CHECKPOINT_HOOK),
-                    ("jax/__init__.py", JAX_INIT_HOOK)):
-    old = (jax_dir.parent / rel).read_text(encoding="utf-8")
-    base = old if old.endswith("\n") else old + "\n"
-    out[rel] = (old, base + hook)
-  return out
-
-
-# --------------------------------------------------------------------------
-# tests/test_*.py -> JAX's tests/remat_refs_*_test.py
-
-def _test_module_file(name: str) -> pathlib.Path | None:
-  """File of module `name` (tests.x.y) in this repo, or None."""
-  parts = name.split(".")
-  if parts[0] != "tests":
-    return None
-  base = REPO.joinpath(*parts)
-  if base.with_suffix(".py").is_file():
-    return base.with_suffix(".py")
-  if (base / "__init__.py").is_file():
-    return base / "__init__.py"
-  return None
-
-
-def _flat_name(name: str) -> str:
-  """tests.fuzz.gen -> remat_refs_fuzz_gen; tests.test_x -> remat_refs_x_test."""
-  parts = name.split(".")[1:]
-  if len(parts) == 1 and parts[0].startswith("test_"):
-    stem = parts[0][len("test_"):]
-    stem = stem[len(TEST_PREFIX):] if stem.startswith(TEST_PREFIX) else stem
-    return f"{TEST_PREFIX}{stem}_test"
-  return TEST_PREFIX + "_".join(p.strip("_") for p in parts)
-
-
-def _device_count_requested() -> int | None:
-  conftest = REPO / "tests" / "conftest.py"
-  if not conftest.is_file():
-    return None
-  m = re.search(r"xla_force_host_platform_device_count=(\d+)",
-                conftest.read_text(encoding="utf-8"))
-  return int(m.group(1)) if m else None
-
-
-def _jax_style_setup(src: str, path: pathlib.Path, devices: int | None) -> str:
-  """After the imports: absl flag parsing and the CPU devices conftest.py
-  asks for, the way JAX's own test files do it."""
-  tree = ast.parse(src, str(path))
-  body = list(tree.body)
-  last_import = None
-  for i, node in enumerate(body):
-    if isinstance(node, (ast.Import, ast.ImportFrom)):
-      last_import = node
-    elif i == 0 and isinstance(node, ast.Expr) and isinstance(
-        getattr(node, "value", None), ast.Constant):
-      continue  # docstring
-    else:
-      break
-  if last_import is None:
-    raise BuildError(f"{path}: no import block to append JAX's test setup to")
-  bound = set()
-  for node in ast.walk(tree):
-    if isinstance(node, ast.Import):
-      bound |= {a.asname or a.name.split(".")[0] for a in node.names}
-    elif isinstance(node, ast.ImportFrom):
-      bound |= {a.asname or a.name for a in node.names}
-  add = []
-  if "jax" not in bound:
-    add.append("import jax")
-  if devices and "jtu" not in bound:
-    add.append("from jax._src import test_util as jtu")
-  add += ["", "jax.config.parse_flags_with_absl()"]
-  if devices:
-    add.append(f"jtu.request_cpu_devices({devices})")
-  lines = src.splitlines(keepends=True)
-  at = last_import.end_lineno
-  return "".join(lines[:at]) + "\n".join(add) + "\n" + "".join(lines[at:])
-
-
-# What JAX's own tests may import besides the standard library.
-JAX_TEST_DEPS = {"__future__", "jax", "jaxlib", "numpy", "absl", "hypothesis",
-                 "scipy", "ml_dtypes", "opt_einsum", "pytest", "tests", PKG}
-
-
-def _foreign_imports(path: pathlib.Path, left_out: list[str]) -> list[str]:
-  """Imports that keep a test file out of JAX's tests/: modules of this
-  package left out of the patch, third-party packages JAX does not test with."""
-  bad = []
-  for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-    if isinstance(node, ast.Import):
-      names = [a.name for a in node.names]
-    elif isinstance(node, ast.ImportFrom) and node.level == 0:
-      names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+  for node in ast.parse(src).body:
+    if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+      start = min([d.lineno for d in node.decorator_list] + [node.lineno])
+      names = [node.name]
+    elif isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+      start, names = node.lineno, [node.targets[0].id]
     else:
       continue
-    for name in names:
-      root = name.split(".")[0]
-      if root not in JAX_TEST_DEPS and root not in sys.stdlib_module_names:
-        bad.append(name)
-      elif root == PKG and any(name == f"{PKG}.{m}" or name.startswith(
-          f"{PKG}.{m}.") for m in left_out):
-        bad.append(name)
-  return sorted(set(bad))
-
-
-def build_tests(year: int, left_out: list[str]
-                ) -> tuple[dict[str, str], dict[str, str], list[str]]:
-  """({JAX-root path: text}, {repo test file name: converted name}, notes)."""
-  sources = []
-  devices = _device_count_requested()
-  files, names, notes = {}, {}, []
-  for path in sorted((REPO / "tests").glob("test_*.py")):
-    bad = _foreign_imports(path, left_out)
-    if bad:
-      notes.append(f"{path.relative_to(REPO)} left out of JAX's tests/ "
-                   f"(imports {', '.join(bad)})")
-    else:
-      sources.append(path)
-  todo = [(f"tests.{p.stem}", p) for p in sources]
-  renames = {p.stem: _flat_name(f"tests.{p.stem}") for p in sources}
-  seen = set()
-
-  def map_module(name):
-    m = _in_jax_module(name)
-    if m is not None:
-      return m, False
-    if not name.startswith("tests."):
-      return None
-    f = _test_module_file(name)
-    if f is None:
-      return None  # a name inside a module, not a module
-    if f.name == "conftest.py":
-      raise BuildError(f"a test imports {name}; conftest.py is not carried "
-                       "into JAX's tests/")
-    return _flat_name(name), True
-
-  while todo:
-    name, path = todo.pop(0)
-    seen.add(name)
-    package = name.rpartition(".")[0] if path.name != "__init__.py" else name
-    src = path.read_text(encoding="utf-8")
-    src, dropped = strip_overlay_only(src, str(path))
-    rel_name = path.relative_to(REPO / "tests").as_posix()
-    listed = [e.partition("::")[2] for e in overlay_only_entries()
-              if e.partition("::")[0] == rel_name]
-    if any(not e for e in listed):
-      continue  # the whole file is overlay-only
-    src, more = strip_listed(src, path, listed)
-    dropped += more
-    if dropped:
-      notes.append(f"{path.relative_to(REPO)}: left out @{OVERLAY_ONLY} "
-                   f"{', '.join(dropped)}")
-    rewriter = ImportRewriter(map_module, package=package,
-                              string_renames=renames)
-    src = rewriter.rewrite(src, str(path))
-    if rewriter.strings_rewritten:
-      notes.append(f"{path.relative_to(REPO)}: imports of {PKG} inside "
-                   f"{rewriter.strings_rewritten} string(s) (generated or "
-                   "subprocess code) now import jax._src.remat_refs")
-    if rewriter.names_rewritten:
-      notes.append(f"{path.relative_to(REPO)}: test file names inside "
-                   f"{rewriter.names_rewritten} string(s) follow the renaming")
-    for used in sorted(rewriter.used):  # test helpers it imports come along
-      helper = _test_module_file(used)
-      if used.startswith("tests.") and helper and used not in seen:
-        seen.add(used)
-        todo.append((used, helper))
-    left = leftover_package_names(src)
-    if left:
-      raise BuildError(f"{path}: still names {PKG} in code at "
-                       f"{', '.join(left)} after rewriting")
-    if path.name.startswith("test_"):
-      src = _jax_style_setup(src, path, devices)
-    flat = _flat_name(name)
-    rel = f"tests/{flat}.py"
-    text = license_header(year) + src
-    compile(text, rel, "exec")
-    files[rel] = text
-    names[path.relative_to(REPO / "tests").as_posix()] = f"{flat}.py"
-    if not path.name.startswith("test_"):
-      notes.append(f"test helper {path.relative_to(REPO)} -> {rel}")
-  return files, names, notes
-
-
-# --------------------------------------------------------------------------
-# the patch
-
-def _diff_lines(lines: list[str]) -> list[str]:
-  if lines and not lines[-1].endswith("\n"):
-    lines = lines[:-1] + [lines[-1] + "\n", "\\ No newline at end of file\n"]
-  return lines
-
-
-def unified_patch(changes: dict[str, tuple[str | None, str]]) -> str:
-  """git-style diff of {path: (old text or None for new, new text)}."""
-  out = []
-  for rel in sorted(changes):
-    old, new = changes[rel]
-    out.append(f"diff --git a/{rel} b/{rel}\n")
-    if old is None:
-      out.append("new file mode 100644\n")
-    hunks = list(difflib.unified_diff(
-        (old or "").splitlines(keepends=True), new.splitlines(keepends=True),
-        "/dev/null" if old is None else f"a/{rel}", f"b/{rel}", n=3))
-    if not hunks:
-      raise BuildError(f"{rel}: no change")
-    # unified_diff writes '--- name\n'; keep its headers, fix no-EOL markers.
-    body = []
-    for line in hunks:
-      if line.endswith("\n"):
-        body.append(line)
-      else:
-        body.extend([line + "\n", "\\ No newline at end of file\n"])
-    out.extend(body)
-  return "".join(out)
-
-
-# --------------------------------------------------------------------------
-# self-check
-
-PLUGIN = '''
-"""pytest plugin of the make_patch self-check (mode in REMAT_REFS_SELFCHECK)."""
-import importlib.abc
-import os
-import sys
-
-MODE = os.environ["REMAT_REFS_SELFCHECK"]
-ROOT = os.environ["REMAT_REFS_SELFCHECK_ROOT"]
-
-
-class _NoOverlay(importlib.abc.MetaPathFinder):
-  def find_spec(self, name, path=None, target=None):
-    if name == "%(pkg)s" or name.startswith("%(pkg)s."):
-      raise ImportError(f"self-check: {name} must not be imported here; the "
-                        "patched JAX is under test alone")
-    return None
-
-
-if MODE == "jax-only":
-  sys.meta_path.insert(0, _NoOverlay())
-
-
-def pytest_collection_finish(session):
-  import jax
-  if not os.path.realpath(jax.__file__).startswith(os.path.realpath(ROOT)):
-    raise RuntimeError(f"self-check: imported {jax.__file__}, not the "
-                       f"patched copy under {ROOT}")
-  if "%(in_jax)s" not in sys.modules:
-    raise RuntimeError("self-check: importing jax did not load %(in_jax)s")
-  if MODE == "overlay":
-    import %(pkg)s
-    from jax._src import remat_refs as in_jax
-    if %(pkg)s._rules is not in_jax._rules:
-      raise RuntimeError("self-check: %(pkg)s did not alias %(in_jax)s")
-''' % dict(pkg=PKG, in_jax=IN_JAX_PKG)
-
-SEED_CHECK = '''
-"""Seed program of the core issue; prints what it gives, as JSON."""
-import importlib.abc
-import json
-import sys
-
-overlay = sys.argv[1] == "overlay"
-
-
-class _NoOverlay(importlib.abc.MetaPathFinder):
-  def find_spec(self, name, path=None, target=None):
-    if name == "%(pkg)s" or name.startswith("%(pkg)s."):
-      raise ImportError(f"{name} blocked by the self-check")
-    return None
-
-
-if not overlay:
-  sys.meta_path.insert(0, _NoOverlay())
-
-import jax  # noqa: E402
-
-if overlay:
-  import %(pkg)s  # noqa: F401
-
-
-def seed(y, x_ref):
-  out = y * x_ref[...]
-  x_ref[...] += 1
+    lines = src.splitlines()[start - 1:node.end_lineno]
+    for n in names:
+      out[n] = "\n".join(lines) + "\n"
   return out
 
 
-def run(wrap):
-  x_ref = jax.new_ref(1.)
-  g = jax.grad(wrap(seed))(1., x_ref)
-  return float(g), float(x_ref[...])
+# What each patch takes from the overlay, in the order it is emitted.
+VALUE_FORM_DEFS = (
+    ("_jaxpr_util", ("is_ref", "ref_effect_vars", "_jaxpr_ref_effect_vars",
+                     "touched_ref_invars", "written_ref_invars", "takes_refs",
+                     "has_refs", "sub_jaxprs", "find_eqn", "first_access",
+                     "_FOLDABLE", "_int_scalar", "fold_index_literals",
+                     "_fold")),
+    ("_errors", ("describe_input", "_where", "_fun",
+                 "warn_not_rematerialized")),
+    ("_report", ("_SCOPE", "entry_read_scope")),
+    ("_value_form", ("_CUSTOM_RULE_PRIMITIVES", "bind_value_form",
+                     "_value_form", "_merge_aliased_refs", "_merged_jaxpr",
+                     "_custom_rule_on_refs")),
+)
+LOOP_DEFS = (("_loops", ("discharge_invariant_refs", "_read_only_directly")),)
+
+# Public overlay names that become private in JAX (the rest keep theirs).
+PRIVATE = {
+    "is_ref": "_is_ref", "ref_effect_vars": "_ref_effect_vars",
+    "touched_ref_invars": "_touched_ref_invars",
+    "written_ref_invars": "_written_ref_invars", "takes_refs": "_takes_refs",
+    "has_refs": "_has_refs", "sub_jaxprs": "_sub_jaxprs",
+    "find_eqn": "_find_eqn", "first_access": "_first_access",
+    "fold_index_literals": "_fold_index_literals",
+    "describe_input": "_describe_ref", "_where": "_where_desc",
+    "_fun": "_fun_desc",
+    "warn_not_rematerialized": "_warn_not_rematerialized",
+    "entry_read_scope": "_entry_read_scope", "_SCOPE": "_ENTRY_READ_SCOPE",
+    "bind_value_form": "_remat_bind_value_form",
+    "_value_form": "_remat_value_form",
+    "_CUSTOM_RULE_PRIMITIVES": "_CUSTOM_RULE_PRIMITIVES",
+    "discharge_invariant_refs": "_discharge_invariant_refs",
+    "_read_only_directly": "_refs_only_read_directly",
+    "_fold": "_fold_index_equation", "_FOLDABLE": "_FOLDABLE_INDEX_PRIMITIVES",
+    "_int_scalar": "_is_int_scalar",
+}
+MODULE_ALIASES = ("ju", "_errors", "_report", "_value_form", "_loops")
 
 
-grad, ref = run(jax.remat)
-oracle_grad, oracle_ref = run(lambda f: f)  # the same program without remat
-print(json.dumps(dict(
-    jax_file=jax.__file__, jax_version=jax.__version__,
-    in_jax_copy_loaded="%(in_jax)s" in sys.modules,
-    overlay_loaded="%(pkg)s" in sys.modules,
-    grad=grad, ref=ref, no_remat_grad=oracle_grad, no_remat_ref=oracle_ref)))
-''' % dict(pkg=PKG, in_jax=IN_JAX_PKG)
-
-
-def _run(cmd, *, cwd, env=None, check=True, capture=False):
-  r = subprocess.run(cmd, cwd=cwd, env=env, text=True,
-                     stdout=subprocess.PIPE if capture else None,
-                     stderr=subprocess.STDOUT if capture else None)
-  if check and r.returncode != 0:
-    tail = ("\n" + r.stdout[-4000:]) if capture and r.stdout else ""
-    raise BuildError(f"failed (exit {r.returncode}): {' '.join(map(str, cmd))}"
-                     f"{tail}")
-  return r
-
-
-def _env(pythonpath: list[pathlib.Path], **extra) -> dict[str, str]:
-  env = dict(os.environ)
-  env["PYTHONPATH"] = os.pathsep.join(map(str, pythonpath))
-  env["PYTHONDONTWRITEBYTECODE"] = "1"
-  env.pop("JAX_REMAT_REF_EFFECTS", None)  # the default mode, "once"
-  devices = _device_count_requested()
-  if devices:
-    flag = f"--xla_force_host_platform_device_count={devices}"
-    if flag not in env.get("XLA_FLAGS", ""):
-      env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + flag).strip()
-  env.update(extra)
-  return env
-
-
-def selected_tests() -> list[str] | None:
-  """Repo test files (relative to tests/) the self-check runs; None: none."""
-  spec = os.environ.get("PATCH_TESTS", "all").strip() or "all"
-  tests = sorted(p.name for p in (REPO / "tests").glob("test_*.py"))
-  if spec == "all":
-    return tests
-  if spec == "none":
-    return None
-  items = [i for i in re.split(r"[,\s]+", spec) if i]
-  # Only exclusions ("-fuzz"): everything else.
-  chosen = [] if any(not i.startswith("-") for i in items) else list(tests)
-  for item in items:
-    drop = item.startswith("-")
-    item = item.lstrip("-")
-    pats = {item, f"{item}.py", f"test_{item}", f"test_{item}.py",
-            item.removeprefix("tests/")}
-    hit = [t for t in tests if any(fnmatch.fnmatch(t, p) for p in pats)]
-    if not hit:
-      raise BuildError(f"PATCH_TESTS: {item!r} matches none of {tests}")
-    if drop:
-      chosen = [t for t in chosen if t not in hit]
-    else:
-      chosen += [t for t in hit if t not in chosen]
-  return chosen
-
-
-def selected_suites() -> set[str]:
-  spec = os.environ.get("PATCH_SUITES", "jax,repo").strip() or "jax,repo"
-  suites = set(re.split(r"[,\s]+", spec)) - {""}
-  if not suites <= {"jax", "repo"}:
-    raise BuildError(f"PATCH_SUITES: {spec!r}; use 'jax', 'repo' or both")
-  return suites
-
-
-def seed_check(tmp, helper, overlay: bool, *, expect_in_jax: bool,
-               expect: tuple[float, float]) -> dict:
-  r = _run([sys.executable, str(helper / "seed_check.py"),
-            "overlay" if overlay else "none"],
-           cwd=tmp, env=_env([tmp] + ([REPO] if overlay else [])),
-           capture=True)
-  got = json.loads(r.stdout.strip().splitlines()[-1])
-  problems = []
-  if not os.path.realpath(got["jax_file"]).startswith(os.path.realpath(tmp)):
-    problems.append(f"imported {got['jax_file']}, not the copy in {tmp}")
-  if got["in_jax_copy_loaded"] != expect_in_jax:
-    problems.append(f"{IN_JAX_PKG} loaded: {got['in_jax_copy_loaded']}")
-  if got["overlay_loaded"] != overlay:
-    problems.append(f"{PKG} loaded: {got['overlay_loaded']}")
-  if (got["no_remat_grad"], got["no_remat_ref"]) != (SEED_GRAD, SEED_REF):
-    problems.append("the program without remat gives "
-                    f"{got['no_remat_grad']}/{got['no_remat_ref']}, "
-                    f"expected {SEED_GRAD}/{SEED_REF}")
-  if (got["grad"], got["ref"]) != expect:
-    problems.append(f"grad/ref {got['grad']}/{got['ref']}, expected "
-                    f"{expect[0]}/{expect[1]}")
-  if problems:
-    raise BuildError("seed check: " + "; ".join(problems))
-  return got
-
-
-class PytestRun:
-  """One pytest process; output to a log file, results from its JUnit XML."""
-
-  def __init__(self, files, *, cwd, env, label, tmp, log_path, plugin=True):
-    self.files, self.label, self.log_path = files, label, log_path
-    targets = [f for f in files if not f.startswith("-")]
-    log(f"  pytest ({label}): {len(targets)} " +
-        ("file(s)" if all(f.endswith(".py") for f in targets) else "test(s)") +
-        (f", {len(files) - len(targets)} deselected"
-         if len(files) > len(targets) else "") +
-        f"; log: {log_path.relative_to(REPO)}")
-    self.xml = pathlib.Path(tempfile.mkstemp(suffix=".xml", dir=tmp)[1])
-    self.t0 = time.perf_counter()
-    self.out = open(log_path, "w", encoding="utf-8")
-    self.proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         *(["-p", "remat_refs_selfcheck_plugin"] if plugin else []),
-         f"--junitxml={self.xml}", *files],
-        cwd=cwd, env=env, stdout=self.out, stderr=subprocess.STDOUT, text=True)
-
-  def result(self) -> dict:
-    code = self.proc.wait()
-    self.out.close()
-    dt = round(time.perf_counter() - self.t0, 1)
-    counts, failed_ids = {}, []
-    try:
-      root = ElementTree.parse(self.xml).getroot()
-      suites = [root] if root.tag == "testsuite" else root.iter("testsuite")
-      for suite in suites:
-        for k in ("tests", "failures", "errors", "skipped"):
-          counts[k] = counts.get(k, 0) + int(suite.get(k, 0))
-        for case in suite.iter("testcase"):
-          if case.find("failure") is None and case.find("error") is None:
-            continue
-          # classname "tests.test_core.SomeTest" -> tests/test_core.py::SomeTest
-          parts = case.get("classname", "").split(".")
-          if len(parts) >= 2:
-            failed_ids.append("::".join(
-                [f"{parts[0]}/{parts[1]}.py", *parts[2:], case.get("name")]))
-    except (OSError, ElementTree.ParseError):
-      pass
-    counts["passed"] = counts.get("tests", 0) - sum(
-        counts.get(k, 0) for k in ("failures", "errors", "skipped"))
-    tail = self.log_path.read_text(encoding="utf-8").strip().splitlines()
-    log(f"  ... {self.label}: exit {code}, {counts['passed']} passed, "
-        f"{counts.get('failures', 0)} failed, {counts.get('errors', 0)} "
-        f"errors, {counts.get('skipped', 0)} skipped/xfailed in {dt}s")
-    if code != 0:
-      summary = [l for l in tail if l.startswith(("FAILED", "ERROR"))]
-      for line in (summary or tail[-15:])[:30]:
-        log(f"      {line}")
-    return dict(seconds=dt, exit=code, failed_ids=failed_ids,
-                log=str(self.log_path.relative_to(REPO)), **counts)
-
-
-def _pytest(files, **kwargs) -> dict:
-  return PytestRun(files, **kwargs).result()
-
-
-def triage(runs, test_names, helper, log_dir) -> str:
-  """Reruns the tests that failed on the patched JAX with this repo's package
-  on the venv's pristine JAX: failures seen there too are not the patch's."""
-  back = {pathlib.PurePosixPath(v).stem: k for k, v in test_names.items()}
-  where: dict[str, list[str]] = {}  # repo test id -> runs it failed in
-  for key, run in runs:
-    for node in run.get("failed_ids", []):
-      path, _, rest = node.partition("::")
-      stem = pathlib.PurePosixPath(path).stem
-      nid = f"tests/{back.get(stem, stem + '.py')}::{rest}"
-      where.setdefault(nid, []).append(key)
-  if not where:
-    return "no failed test ids to rerun"
-  res = _pytest(list(where), cwd=REPO, tmp=helper, plugin=False,
-                label="failed ones again, this repo's package on pristine JAX",
-                env=_env([REPO]), log_path=log_dir / "triage.log")
-  also = set(res["failed_ids"])
-  only_patch = [i for i in where if i not in also]
-  lines = [f"{len(where)} failing test(s) on the patched JAX; "
-           f"{len(where) - len(only_patch)} fail with the overlay on pristine "
-           f"JAX too, {len(only_patch)} only with the patch"]
-  lines += [f"    only with the patch ({', '.join(where[i])}): {i}"
-            for i in only_patch]
-  return "\n".join(lines)
-
-
-def self_check(jax_dir, record, patch_path, changes, test_names,
-               status_version: str) -> dict:
-  status = dict(steps={})
-  keep = os.environ.get("PATCH_KEEP_TMP", "") not in ("", "0")
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix="jax-remat-refs-patch-"))
-  try:
-    helper = tmp / "_selfcheck"
-    helper.mkdir()
-    (helper / "remat_refs_selfcheck_plugin.py").write_text(PLUGIN)
-    (helper / "seed_check.py").write_text(SEED_CHECK)
-    t0 = time.perf_counter()
-    shutil.copytree(jax_dir, tmp / "jax", symlinks=True)
-    problems = pristine_problems(tmp, record)
-    if problems:
-      raise BuildError("the copy of jax is not pristine: " + problems[0])
-    log(f"  copied pristine jax to {tmp} ({time.perf_counter() - t0:.1f}s)")
-
-    # No repository above tmp may capture the paths (git apply would then
-    # skip files outside the current directory without a word).
-    git_env = dict(os.environ, GIT_CEILING_DIRECTORIES=str(tmp.parent))
-    r = _run(["git", "apply", "--check", "-v", str(patch_path)], cwd=tmp,
-             env=git_env, capture=True)
-    checked = r.stdout.count("Checking patch ")
-    if checked != len(changes):
-      raise BuildError(f"git apply --check looked at {checked} of "
-                       f"{len(changes)} files:\n{r.stdout}")
-    if shutil.which("patch"):
-      apply_cmd = ["patch", "-p1", "-s", "-i", str(patch_path)]
-      revert_cmd = ["patch", "-R", "-p1", "-s", "-i", str(patch_path)]
-      _run(apply_cmd[:2] + ["--dry-run"] + apply_cmd[2:], cwd=tmp,
-           capture=True)
-    else:  # no `patch` program: apply it with git too
-      apply_cmd = ["git", "apply", str(patch_path)]
-      revert_cmd = ["git", "apply", "-R", str(patch_path)]
-    _run(apply_cmd, cwd=tmp, env=git_env, capture=True)
-    for rel, (_, new) in changes.items():
-      if (tmp / rel).read_text(encoding="utf-8") != new:
-        raise BuildError(f"after `{' '.join(apply_cmd[:2])}`, {rel} differs "
-                         "from what was built")
-    status["steps"]["apply"] = (f"git apply --check ({checked} files), "
-                                f"{' '.join(apply_cmd[:2])}: ok")
-    log(f"  patch applies: git apply --check ({checked} files), "
-        f"{' '.join(apply_cmd[:2])}")
-
-    got = seed_check(tmp, helper, overlay=False, expect_in_jax=True,
-                     expect=(SEED_GRAD, SEED_REF))
-    status["steps"]["seed_patched"] = got
-    log(f"  patched JAX alone, seed program: grad {got['grad']} ref "
-        f"{got['ref']} (without remat: {got['no_remat_grad']} "
-        f"{got['no_remat_ref']})")
-
-    chosen = selected_tests()
-    suites = selected_suites()
-    failed = []
-    if chosen is None:
-      log("  PATCH_TESTS=none: tests skipped")
-      status["steps"]["tests"] = "skipped (PATCH_TESTS=none)"
-    else:
-      status["steps"]["tests_selected"] = os.environ.get("PATCH_TESTS", "all")
-    in_jax = [f"tests/{test_names[t]}" for t in chosen or ()
-              if t in test_names]
-    log_dir = OUT / f"selfcheck-{status_version}"
-    shutil.rmtree(log_dir, ignore_errors=True)
-    log_dir.mkdir(parents=True)
-    runs = {}
-    # The two runs go side by side (separate processes, separate logs).
-    if in_jax and "jax" in suites:
-      runs["in_jax_tests"] = PytestRun(
-          in_jax, cwd=tmp, tmp=helper, log_path=log_dir / "in_jax_tests.log",
-          label="JAX's tests/remat_refs_*_test.py, overlay blocked",
-          env=_env([tmp, helper], REMAT_REFS_SELFCHECK="jax-only",
-                   REMAT_REFS_SELFCHECK_ROOT=str(tmp)))
-    if chosen is not None and "repo" in suites:
-      repo = [f"tests/{t}" for t in chosen]
-      repo += [f"--deselect=tests/{e}" for e in overlay_only_entries()
-               if e.partition("::")[0] in chosen]
-      runs["repo_tests"] = PytestRun(
-          repo, cwd=REPO, tmp=helper, log_path=log_dir / "repo_tests.log",
-          label="this repo's tests/ on the patched JAX",
-          env=_env([tmp, helper, REPO], REMAT_REFS_SELFCHECK="overlay",
-                   REMAT_REFS_SELFCHECK_ROOT=str(tmp)))
-    status["steps"]["overlay_only"] = overlay_only_entries()
-    for key, run in runs.items():
-      status["steps"][key] = dict(files=run.files, **run.result())
-      failed.append((key, status["steps"][key]))
-    # Both runs report before a failure stops the build.
-    failed = [(k, r) for k, r in failed if r["exit"] != 0]
-    if failed:
-      status["steps"]["triage"] = triage(failed, test_names, helper, log_dir)
-      failed = ["tests failed on the patched JAX: " +
-                status["steps"]["triage"]]
-
-    _run(revert_cmd, cwd=tmp, env=git_env, capture=True)
-    for d in sorted((p for p in tmp.rglob("*") if p.is_dir()), reverse=True):
-      if d.name == "__pycache__" and not any(
-          f.suffix != ".pyc" for f in d.iterdir()) and not any(
-          (d.parent / (f.name.split(".")[0] + ".py")).exists()
-          for f in d.iterdir()):
-        shutil.rmtree(d)  # caches of files the reverse patch removed
-      if d.exists() and not any(d.iterdir()):
-        d.rmdir()
-    problems = pristine_problems(tmp, record)
-    if problems:
-      raise BuildError("after `patch -R` the copy is not pristine: " +
-                       "; ".join(problems[:5]))
-    status["steps"]["revert"] = (f"{' '.join(revert_cmd[:3])}: the copy "
-                                 "matches the wheel RECORD")
-    log(f"  {' '.join(revert_cmd[:3])}: the copy matches the wheel RECORD "
-        "again")
-    got = seed_check(tmp, helper, overlay=False, expect_in_jax=False,
-                     expect=(UPSTREAM_GRAD, UPSTREAM_REF))
-    status["steps"]["seed_reverted"] = got
-    log(f"  reverted JAX, no overlay, seed program: grad {got['grad']} ref "
-        f"{got['ref']} (upstream's answer)")
-    got = seed_check(tmp, helper, overlay=True, expect_in_jax=False,
-                     expect=(SEED_GRAD, SEED_REF))
-    status["steps"]["seed_reverted_overlay"] = got
-    log(f"  reverted JAX + overlay, seed program: grad {got['grad']} ref "
-        f"{got['ref']} (same as the patch)")
-    if failed:
-      raise BuildError(failed[0])
-  finally:
-    for run in locals().get("runs", {}).values():
-      if run.proc.poll() is None:  # interrupted: stop what this started
-        run.proc.kill()
-        run.proc.wait()
-    if keep:
-      log(f"  kept {tmp}")
-    else:
-      shutil.rmtree(tmp, ignore_errors=True)
-  return status
-
-
-# --------------------------------------------------------------------------
-# PR description
-
-def _fmt(v):
-  if isinstance(v, float):
-    return f"{v:.4g}"
-  return str(v)
-
-
-def _is_record(v) -> bool:
-  return isinstance(v, dict) and bool(v) and all(
-      isinstance(x, (str, int, float, bool)) or x is None for x in v.values())
-
-
-def _tables(data) -> dict[str, list[tuple[str, dict]]]:
-  """Flat records of a nested JSON document, grouped into tables.
-
-  A dict whose values are all records is one table named by its key (e.g.
-  "rows": one row per variant); a record elsewhere joins the table named by
-  its own key (e.g. "ratios": one row per workload)."""
-  tables: dict[str, list[tuple[str, dict]]] = {}
-
-  def walk(node, path):
-    if not isinstance(node, dict):
-      return
-    for k, v in node.items():
-      if isinstance(v, dict) and v and all(_is_record(x) for x in v.values()):
-        for label, rec in v.items():
-          tables.setdefault(str(k), []).append(
-              (" / ".join(path + [str(label)]), rec))
-      elif _is_record(v):
-        tables.setdefault(str(k), []).append((" / ".join(path) or "-", v))
-      else:
-        walk(v, path + [str(k)])
-
-  walk(data if isinstance(data, dict) else {"results": data}, [])
-  return tables
-
-
-def _markdown_table(rows: list[tuple[str, dict]]) -> list[str]:
-  cols = []
-  for _, rec in rows:
-    cols += [k for k in rec if k not in cols]
-  parts = [label.split(" / ") for label, _ in rows]
-  common = 0  # leading label parts every row shares ("results") go
-  while all(len(p) > common + 1 and p[common] == parts[0][common]
-            for p in parts):
-    common += 1
-  out = ["| | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
-  for p, (_, rec) in zip(parts, rows):
-    label = " / ".join(p[common:]).replace("|", "\\|")
-    out.append(f"| {label} | " + " | ".join(
-        _fmt(rec[c]) if c in rec else "" for c in cols) + " |")
-  return out
-
-
-def benchmark_section() -> str:
-  files = sorted((REPO / "benchmarks" / "results").glob("*.json"))
-  if not files:
-    return "None measured yet (no benchmarks/results/*.json when this was built).\n"
-  out = []
-  runner = REPO / "benchmarks" / "run.py"
-  if runner.is_file():
-    doc = ast.get_docstring(ast.parse(runner.read_text(encoding="utf-8")))
-    if doc:
-      out += ["From `benchmarks/run.py`:", "", "```", doc.strip(), "```", ""]
-  for f in files:
-    try:
-      data = json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-      out += [f"`{f.name}`: unreadable ({e}).", ""]
-      continue
-    meta = ""
-    if isinstance(data, dict):
-      meta = ", ".join(f"{k}: {_fmt(v)}" for k, v in data.items()
-                       if isinstance(v, (str, int, float, bool)))
-    out += [f"### `benchmarks/results/{f.name}`" + (f" ({meta})" if meta
-                                                     else ""), ""]
-    tables = _tables(data)
-    if not tables:
-      out += ["(no tabular records)", ""]
-    # Short tables (summaries) in full, long ones folded.
-    for name, rows in sorted(tables.items(), key=lambda kv: len(kv[1])):
-      if len(rows) <= 20:
-        out += [f"{name}:", "", *_markdown_table(rows), ""]
-      else:
-        out += [f"<details><summary>{name} ({len(rows)} rows)</summary>", "",
-                *_markdown_table(rows), "", "</details>", ""]
-  return "\n".join(out)
-
-
-def _semantics_text() -> str:
-  path = REPO / PKG / "_semantics.py"
-  if not path.is_file():
-    return ""
-  doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
-  return doc.strip() + "\n"
-
-
-def _module_summaries(pkg_files) -> list[str]:
-  out = []
-  for rel in sorted(pkg_files):
-    doc = ast.get_docstring(ast.parse(pkg_files[rel])) or ""
-    first = doc.strip().splitlines()[0] if doc.strip() else ""
-    out.append(f"- `{rel}`" + (f": {first}" if first else ""))
-  return out
-
-
-def _count_tests(test_files) -> int:
-  n = 0
-  for text in test_files.values():
-    for node in ast.walk(ast.parse(text)):
-      if isinstance(node, ast.ClassDef):
-        n += sum(1 for b in node.body if isinstance(
-            b, (ast.FunctionDef, ast.AsyncFunctionDef)) and
-                 b.name.startswith("test"))
-  return n
-
-
-def _status_rows() -> list[str]:
-  rows = []
-  for f in sorted(OUT.glob("selfcheck-*.json")):
-    st = json.loads(f.read_text(encoding="utf-8"))
-    patch = OUT / st["patch"]
-    stale = (not patch.is_file() or
-             _b64_sha256(patch.read_bytes()) != st.get("patch_sha256"))
-    steps = st.get("steps", {})
-    narrowed = steps.get("tests_selected", "all") != "all"
-    def t(key):
-      s = steps.get(key)
-      if not isinstance(s, dict) or "seconds" not in s:
-        return "not run"
-      bad = s.get("failures", 0) + s.get("errors", 0)
-      return (f"{s.get('passed', '?')} passed, " +
-              (f"**{bad} failed**, " if bad or s.get("exit") else "") +
-              f"{s.get('skipped', 0)} skipped, "
-              f"{s['seconds']}s" +
-              (f" (PATCH_TESTS={steps['tests_selected']})" if narrowed else ""))
-    def seed(key):
-      s = steps.get(key, {})
-      return f"{s['grad']} / {s['ref']}" if "grad" in s else "-"
-    rows.append(
-        f"| {st['jax_version']} | `{st['patch']}`{' (stale)' if stale else ''} "
-        f"| {st.get('result', '?')} | {seed('seed_patched')} "
-        f"| {seed('seed_reverted')} "
-        f"| {t('in_jax_tests')} | {t('repo_tests')} "
-        f"| {st.get('seconds_total', '-')}s |")
-  return rows
-
-
-def write_pr_description(version, pkg_files, test_files, left_out,
-                         test_notes=()):
-  seed_src = textwrap.dedent("""\
-      x_ref = jax.new_ref(1.)
-
-      @jax.remat
-      def f(y, x_ref):
-        out = y * x_ref[...]
-        x_ref[...] += 1
-        return out
-
-      jax.grad(f)(1., x_ref)   # upstream: 2.0, and x_ref holds 3.0
-      """)
-  status = _status_rows()
-  lines = [
-      "# remat: effects on external refs happen once, in the forward pass",
-      "",
-      "## Problem",
-      "",
-      "A `jax.remat` / `jax.checkpoint` function that touches a ref it did not "
-      "create (`jax.new_ref`, passed in or closed over) is not transparent "
-      "under differentiation:",
-      "",
-      "```python",
-      seed_src.rstrip(),
-      "```",
-      "",
-      f"Without `jax.remat` the same program gives grad {SEED_GRAD} and "
-      f"leaves {SEED_REF} in the ref. Partial evaluation keeps the "
-      "`get`/`swap`/`addupdate` equations on known refs in both the forward "
-      "and the rematerializing jaxpr, so the backward pass repeats the "
-      "writes and its recomputed reads see the mutated state.",
-      "",
-      "## Semantics",
-      "",
-      "Invariant: remat is transparent. Outputs, gradients and final ref "
-      "contents equal those of the same program without `jax.remat`.",
-      "",
-      _semantics_text().rstrip(),
-      "",
-      "## Change",
-      "",
-      "New `jax/_src/remat_refs/` (rules for `remat_p`; pure remat bodies "
-      "are handed to the existing rules unchanged, so their jaxprs do not "
-      "change):",
-      "",
-      *_module_summaries(pkg_files),
-      "",
-      "- `jax/_src/ad_checkpoint.py`: `_install_ref_aware_remat_rules()` at "
-      "the end, next to remat's other rules.",
-      "- `jax/__init__.py`: calls it last, once every module the rules "
-      "import is loaded (importing them from ad_checkpoint.py itself would "
-      "be circular).",
-      f"- `tests/`: {len([n for n in test_files if n.endswith('_test.py')])} "
-      f"test file(s), {_count_tests(test_files)} test method(s), each "
-      "checking against the same program without remat or hand-computed "
-      "values.",
-      "",
-      "The code was developed as an out-of-tree package (`jax_remat_refs`) "
-      "and is carried over with only its imports rewritten; it installs its "
-      "rules into the tables `ad_checkpoint.py` fills (`remat_p.bind`, "
-      "`pe.custom_partial_eval_rules`, `pe.partial_eval_jaxpr_custom_rules`, "
-      "`ad.fancy_transposes`), replaces the `debug_callback` partial-eval "
-      "rule with one that passes a callback's saved-by-name operands to the "
-      "rematerialization (a `KeyError` today, also without refs), and on "
-      "0.10.2 also `remat_p`'s DCE rule and the `swap` transpose (fixes 0.12 "
-      "already has). `_compat.py` keeps the shims for the JAX versions it "
-      "supports. Folding the rules into `ad_checkpoint.py` proper, fixing "
-      "the `debug_callback` rule at its source, and exposing `ref_effects=` "
-      "on `jax.checkpoint` are follow-ups.",
-  ]
-  if left_out:
-    lines += ["", "Left out of the patch (demo/integration only): " +
-              ", ".join(f"`{PKG}.{m}`" for m in left_out) + "."]
-  if test_notes:
-    lines += ["", "Tests as carried over (from the out-of-tree repo's tests/):",
-              ""] + [f"- {n}" for n in test_notes]
-  lines += [
-      "",
-      "## Validation",
-      "",
-      "`make patch` in the jax-remat-refs repo builds one patch per installed "
-      "JAX, applies it to a copy of that version's pristine wheel, runs the "
-      "seed program and the tests against the patched copy with the "
-      "out-of-tree package blocked from import, then reverts the patch and "
-      "shows upstream's answer again.",
-      "",
-  ]
-  if status:
-    lines += [
-        "| JAX | patch | self-check | seed, patched (grad / ref) "
-        "| seed, reverted | tests in JAX | repo tests on patched JAX "
-        "| total |",
-        "|---|---|---|---|---|---|---|---|",
-        *status,
-    ]
+def _compat_forms(f: dict, discharge: str) -> list[tuple[str, str]]:
+  """(regex, replacement) for each `_compat` use, in the tag's one form."""
+  if f["discharge_takes_closed"]:
+    discharge_closed = rf"{discharge}.discharge_state(\1, should_discharge=\2)"
   else:
-    lines.append(f"Not run for jax {version} (PATCH_SELFCHECK=0).")
-  lines += ["", "## Benchmarks", "", benchmark_section().rstrip(), ""]
-  (OUT / "PR_DESCRIPTION.md").write_text("\n".join(lines), encoding="utf-8")
+    discharge_closed = rf"{discharge}.discharge_state2(\1, should_discharge=\2)"
+  forms = [
+      (r"_compat\.effect_var\((\w+), (\w+)\)",
+       r"\1.input" if f["effect_has_var"] else r"\2[\1.input_index]"),
+      (r"_compat\.JAXPR_TYPES",
+       "(core.Jaxpr,)" if f["jaxpr_is_closed"] else
+       "(core.Jaxpr, core.ClosedJaxpr)"),
+      (r"_compat\.open_closed\((\w+)\)\[0\]",
+       r"\1" if f["jaxpr_is_closed"] else
+       r"(\1.jaxpr if isinstance(\1, core.ClosedJaxpr) else \1)"),
+      (r"(\w+), _ = _compat\.open_closed\((\w+)\)",
+       r"\1 = \2" if f["jaxpr_is_closed"] else r"\1 = \2.jaxpr"),
+      (r"_compat\.discharge_closed\((\w+), (\w+)\)", discharge_closed),
+      (r"_compat\.discharge_state\(", "_discharge_refs("),
+  ]
+  return forms
+
+
+def _discharge_refs_def(f: dict) -> str:
+  """`_compat.discharge_state` in the tag's one form."""
+  if f["jaxpr_is_closed"]:
+    body = ("  closed = discharge.discharge_state(\n"
+            "      jaxpr, should_discharge=should_discharge)\n"
+            "  return closed, list(closed.consts)\n")
+  elif f["discharge_takes_closed"]:
+    body = ("  closed = discharge.discharge_state(\n"
+            "      core.ClosedJaxpr(jaxpr, []), should_discharge=should_discharge)\n"
+            "  return closed.jaxpr, list(closed.consts)\n")
+  else:
+    body = ("  return discharge.discharge_state(\n"
+            "      jaxpr, [], should_discharge=should_discharge)\n")
+  return ("def _discharge_refs(jaxpr: core.Jaxpr, should_discharge):\n"
+          '  """Discharge the refs selected by `should_discharge` (one per '
+          'invar) of a\n  consts-free jaxpr: (jaxpr with constvars, consts)."""\n'
+          + body)
+
+
+def translate(text: str, f: dict, discharge: str, prefix: str = "") -> str:
+  """Overlay code -> the tag's namespace (`prefix`: where the helpers live
+  seen from the target file, e.g. 'ad_checkpoint.' from loops.py)."""
+  for pat, rep in _compat_forms(f, discharge):
+    text = re.sub(pat, rep, text)
+  if "_compat." in text:
+    raise SystemExit(f"a _compat use without an upstream form:\n{text}")
+  for alias in MODULE_ALIASES:
+    text = re.sub(rf"\b{alias}\.(\w+)",
+                  lambda m: prefix + PRIVATE.get(m.group(1), m.group(1)), text)
+  for old, new in PRIVATE.items():
+    # Definitions, calls and (upper-case) constants; a local variable that
+    # shares a helper's name keeps it.
+    follow = r"\b" if old.lstrip("_").isupper() else r"(?=\()"
+    text = re.sub(rf"(?<![\w.]){re.escape(old)}{follow}", new, text)
+  text = text.replace("UPSTREAM_BIND(", "remat_p.bind(")
+  text = text.replace("RematRefWarning", "UserWarning")
+  text = text.replace("from jax_remat_refs", "from jax._src")  # none expected
+  return text
+
+
+def overlay_code(defs_spec, f: dict, discharge: str, prefix: str = "") -> str:
+  chunks = []
+  for module, names in defs_spec:
+    defs = _defs(module)
+    for n in names:
+      chunks.append(translate(defs[n], f, discharge, prefix))
+  return "\n\n\n".join(c.rstrip("\n") for c in chunks) + "\n"
 
 
 # --------------------------------------------------------------------------
+# tests
 
-def main() -> int:
-  t_start = time.perf_counter()
-  version, jax_dir, record = installed_jax()
-  log(f"jax {version} at {jax_dir} (python {sys.version.split()[0]})")
-  problems = pristine_problems(jax_dir.parent, record)
-  if problems:
-    raise BuildError(f"the installed jax {version} is not pristine "
-                     f"({len(problems)} difference(s), e.g. {problems[0]}); "
-                     "reinstall it: `pip install --force-reinstall --no-deps "
-                     f"jax=={version}`")
-  log(f"  pristine: {len(record)} files match the wheel RECORD")
+def test_sections() -> dict[str, str]:
+  """build/upstream/remat_refs_test.py split at its `# -- NAME --` lines."""
+  text = (UPSTREAM / "remat_refs_test.py").read_text()
+  parts = re.split(r"^# -- ([\w-]+) --\n", text, flags=re.M)
+  sections = {"head": parts[0]}
+  for name, body in zip(parts[1::2], parts[2::2]):
+    sections[name] = body
+  return sections
 
-  year = datetime.date.today().year
-  pkg_files, pkg_notes, left_out = build_package(year)
-  test_files, test_names, test_notes = build_tests(year, left_out)
-  hooks = build_hooks(jax_dir)
-  changes = {rel: (None, text) for rel, text in pkg_files.items()}
-  changes.update({rel: (None, text) for rel, text in test_files.items()})
-  changes.update(hooks)
-  for rel in changes:
-    exists = (jax_dir.parent / rel).exists()
-    if exists != (changes[rel][0] is not None):
-      raise BuildError(f"{rel}: {'already in' if exists else 'missing from'} "
-                       f"jax {version}")
-  patch_text = unified_patch(changes)
 
-  OUT.mkdir(parents=True, exist_ok=True)
-  patch_path = OUT / f"jax-remat-refs-{version}.patch"
-  patch_path.write_text(patch_text, encoding="utf-8")
-  shutil.rmtree(OUT / "tests", ignore_errors=True)
-  for rel, text in test_files.items():
-    (OUT / rel).parent.mkdir(parents=True, exist_ok=True)
-    (OUT / rel).write_text(text, encoding="utf-8")
-  log(f"  wrote {patch_path.relative_to(REPO)}: {len(pkg_files)} module(s) "
-      f"in {IN_JAX_DIR}/, {len(hooks)} JAX file(s) edited, "
-      f"{len(test_files)} test file(s); left out: "
-      f"{', '.join(left_out) or 'nothing'}")
-  for note in pkg_notes + test_notes:
-    log(f"  note: {note}")
+def add_test_section(tag: Tag, name: str) -> None:
+  """Append section `name` (before the `main` section) to tests/remat_refs_test.py."""
+  s = test_sections()
+  if name not in s:
+    return
+  path = tag.root / TEST
+  main = "# -- main --\n" + s["main"]
+  text = path.read_text() if path.exists() else s["head"] + main
+  text = text.replace(main, f"# -- {name} --\n" + s[name].rstrip("\n") +
+                      "\n\n\n" + main)
+  path.write_text(text)
 
-  status = dict(jax_version=version, python=sys.version.split()[0],
-                patch=patch_path.name, patch_sha256=_b64_sha256(
-                    patch_text.encode("utf-8")),
-                built=datetime.datetime.now(datetime.timezone.utc).isoformat(
-                    timespec="seconds"))
-  status_path = OUT / f"selfcheck-{version}.json"
-  if os.environ.get("PATCH_SELFCHECK", "1") == "0":
-    status.update(result="not run (PATCH_SELFCHECK=0)")
-    status_path.write_text(json.dumps(status, indent=1))
-    write_pr_description(version, pkg_files, test_files, left_out,
-                         test_notes)
-    return 0
-  log("self-check:")
-  status["result"] = "interrupted"
-  try:
-    status.update(self_check(jax_dir, record, patch_path, changes, test_names,
-                             version))
-    status["result"] = "pass"
-  except BuildError as e:
-    status["result"] = f"FAIL: {str(e).splitlines()[0]}"
-    raise
-  finally:
-    status["seconds_total"] = round(time.perf_counter() - t_start, 1)
-    after = pristine_problems(jax_dir.parent, record)
-    if after:  # nothing here writes to it; say so if something else did
-      status["result"] = f"FAIL: installed jax changed: {after[0]}"
-    status_path.write_text(json.dumps(status, indent=1))
-    write_pr_description(version, pkg_files, test_files, left_out,
-                         test_notes)
-  log(f"ok: jax {version}, {status['seconds_total']}s; see "
-      f"{(OUT / 'PR_DESCRIPTION.md').relative_to(REPO)}")
-  return 0 if not after else 1
+
+# --------------------------------------------------------------------------
+# the series
+
+def p_debug_callback(tag: Tag):
+  tag.edit("jax/_src/debugging.py",
+           "  # If we can't save the debug callback (thanks to the policy) we listen to\n"
+           "  # the policy and stage out the debug callback.\n"
+           "  return eqn, eqn, [], [], []\n",
+           "  # If we can't save the debug callback (thanks to the policy) we listen to\n"
+           "  # the policy and stage out the debug callback. Known inputs it reads that\n"
+           "  # are not instantiated (e.g. a value the policy saves by name) are\n"
+           "  # residuals: the staged callback cannot recompute them.\n"
+           "  res = [v for v, inst in zip(eqn.invars, inst_in)\n"
+           "         if not inst and not isinstance(v, core.Literal)]\n"
+           "  return eqn, eqn, [], [], res\n")
+  add_test_section(tag, "fix-debug-callback")
+  return True
+
+
+def p_remat_dce(tag: Tag):
+  if not tag.features["dce_drops_effects"]:
+    return False
+  tag.edit(AC, "      _has_effects(new_jaxpr.effects)):\n    return used_inputs, None",
+           "      not _has_effects(new_jaxpr.effects)):\n    return used_inputs, None")
+  add_test_section(tag, "fix-remat-dce")
+  return True
+
+
+def p_swap_transpose(tag: Tag):
+  if not tag.features["swap_accumulates_constants"]:
+    return False
+  tag.edit("jax/_src/state/primitives.py",
+           "    x.accum(x_bar)\nad.fancy_transposes[swap_p]",
+           "    if isinstance(x, ad.GradAccum):\n"
+           "      x.accum(x_bar)  # a constant x takes no cotangent; the ref's is "
+           "still swapped out\nad.fancy_transposes[swap_p]")
+  add_test_section(tag, "fix-swap-transpose")
+  return True
+
+
+def p_closed_call(tag: Tag):
+  if not tag.features["closed_call_check_rejects_params"]:
+    return False
+  tag.edit("jax/_src/core.py",
+           "def _check_closed_call(_, *in_atoms, call_jaxpr):\n",
+           "def _check_closed_call(_, *in_atoms, call_jaxpr, **params):\n"
+           "  del params  # e.g. the `name` of a closed_call retraced through its bind\n")
+  add_test_section(tag, "fix-closed-call")
+  return True
+
+
+VALUE_FORM_DOC = '''
+### Remat of functions that use refs: value form
+#
+# A body `f(x, r)` with effects on refs `r` (arguments, closed over, or made
+# inside) is, by state discharge, the program
+#     v = r[...]; y, v_new = f_pure(x, v); r[...] = v_new
+# (`v_new` for the refs the body writes). `checkpoint` binds it in that form:
+# the reads and write-backs run once, in the forward pass, and the remat wraps
+# the pure `f_pure`, which every rule below rematerializes as it does any pure
+# function, seeing the values the refs had at entry. Without it the backward
+# pass re-runs the body on the live refs: it reads values the forward pass
+# wrote and writes them again.
+
+'''
+
+
+def p_value_form(tag: Tag):
+  f = tag.features
+  ac = tag.read(AC)
+  code = overlay_code(VALUE_FORM_DEFS, f, "discharge")
+  code = _discharge_refs_def(f) + "\n\n\n" + code
+  imports = []
+  for line in ("import contextlib\n", "import functools\n", "import warnings\n"):
+    if line not in ac:
+      imports.append(line)
+  if imports:
+    tag.edit(AC, "import logging\n", "import logging\n" + "".join(imports))
+  extra = ""
+  if "from jax._src import custom_derivatives\n" not in ac:
+    extra += "from jax._src import custom_derivatives\n"
+  extra += "from jax._src.state import primitives as state_primitives\n"
+  extra += "from jax._src.util import weakref_lru_cache\n" if (
+      "weakref_lru_cache" not in ac) else ""
+  tag.edit(AC, "from jax._src.state import discharge\n",
+           "from jax._src.state import discharge\n" + extra)
+  tag.edit(AC, "from jax._src.state.types import AbstractRef\n",
+           "from jax._src.state.types import (\n"
+           "    AbstractRef, AccumEffect, RefEffect, WriteEffect)\n")
+  abc = re.search(r"^from collections.abc import (.*)$", ac, flags=re.M)
+  if "Iterator" not in abc.group(1):
+    tag.edit(AC, abc.group(0), abc.group(0) + ", Iterator")
+  if "from jax._src.lax import lax as lax_internal\n" in ac:
+    code = re.sub(r"\blax\.(\w+_p)\b", r"lax_internal.\1", code)
+  tag.edit(AC,
+           "    out_flat = remat_p.bind(\n"
+           "        *consts, *args_flat, jaxpr=jaxpr, prevent_cse=cse, differentiated=False,\n"
+           "        policy=policy)\n",
+           "    if _has_refs(jaxpr):\n"
+           "      out_flat = _remat_bind_value_form(\n"
+           "          (*consts, *args_flat), jaxpr, cse, False, policy)\n"
+           "    else:\n"
+           "      out_flat = remat_p.bind(\n"
+           "          *consts, *args_flat, jaxpr=jaxpr, prevent_cse=cse,\n"
+           "          differentiated=False, policy=policy)\n")
+  anchor = "remat_p.bind = _remat_bind\n"
+  tag.edit(AC, anchor, anchor + "\n" + VALUE_FORM_DOC + code)
+  # loops.py: a scan's known body reads refs it never writes once, outside.
+  loops = tag.read(LOOPS)
+  lcode = overlay_code(LOOP_DEFS, f, "state_discharge", prefix="ad_checkpoint.")
+  if "from jax._src.state import primitives as state_primitives\n" not in loops:
+    tag.edit(LOOPS, "from jax._src.state import AbstractRef, discharge as state_discharge\n",
+             "from jax._src.state import AbstractRef, discharge as state_discharge\n"
+             "from jax._src.state import primitives as state_primitives\n")
+  head = re.search(r"def _scan_known_hoisting\(jaxpr_known, known_consts, num_res\):\n",
+                   loops)
+  if head is None:
+    raise SystemExit(f"{LOOPS}: no _scan_known_hoisting")
+  tag.edit(LOOPS, head.group(0),
+           lcode + "\n\n" + head.group(0) +
+           "  # Refs the known body never writes hold one value in every iteration:\n"
+           "  # read them once here, so that residuals depending only on them are\n"
+           "  # hoisted like those of array consts.\n"
+           "  jaxpr_known, known_consts = _discharge_invariant_refs(\n"
+           "      jaxpr_known, known_consts)\n")
+  add_test_section(tag, "core")
+  return True
+
+
+def p_remat3(tag: Tag):
+  if not tag.features["has_remat3"]:
+    return False
+  f = tag.features
+  old = ("  jaxpr, consts = pe.separate_consts(jaxpr_)\n"
+         "  out_flat = RematTraced(jaxpr, policy)(*consts, *args_ft)\n")
+  if f["jaxpr_is_closed"]:
+    body = "jaxpr_open, all_consts = pe.convert_constvars_jaxpr(jaxpr_), list(jaxpr_.consts)"
+  else:
+    body = ("jaxpr_open, all_consts = (pe.convert_constvars_jaxpr(jaxpr_.jaxpr),\n"
+            "                                    list(jaxpr_.consts))")
+  new = ("  if _has_refs(jaxpr_.jaxpr if isinstance(jaxpr_, core.ClosedJaxpr) "
+         "else jaxpr_):\n" if not f["jaxpr_is_closed"] else
+         "  if _has_refs(jaxpr_):\n")
+  new += ("    # RematTraced re-runs the body on the live refs; the value form\n"
+          "    # (see _remat_bind_value_form) keeps ref effects in the forward pass.\n"
+          f"    {body}\n"
+          "    out_flat = _remat_bind_value_form(\n"
+          "        (*all_consts, *args_ft), jaxpr_open, True, False, policy)\n"
+          "    return out_avals_ft.update(out_flat).unflatten()\n") + old
+  tag.edit(AC, old, new)
+  add_test_section(tag, "fix-remat3")
+  return True
+
+
+MODES_CONFIG = '''
+remat_ref_effects = enum_state(
+    name='jax_remat_ref_effects',
+    enum_values=['once', 'replay', 'forbid'],
+    default='once',
+    help=('What jax.checkpoint / jax.remat does with the effects of the function '
+          'on refs it did not create (arguments or closed over), when '
+          'checkpoint is not given ref_effects: "once" (default) runs them in '
+          'the forward pass only and rematerializes from the values the refs '
+          'had at entry; "replay" runs them again when rematerializing, on the '
+          'live refs; "forbid" raises an error at trace time.'))
+'''
+
+
+def p_modes(tag: Tag):
+  cfg = tag.read("jax/_src/config.py")
+  anchor = "\nremat3 = bool_state(" if "\nremat3 = bool_state(" in cfg else None
+  if anchor is None:
+    anchor = "\nenable_checks = bool_state("
+  tag.edit("jax/_src/config.py", anchor, MODES_CONFIG + anchor)
+  ac = tag.read(AC)
+  sig = re.search(r"def checkpoint\(fun: Callable, \*, prevent_cse: .*\n"
+                  r"(?:.*\n)*?.*\) -> Callable:\n", ac)
+  if sig is None:
+    raise SystemExit(f"{AC}: checkpoint's signature not found")
+  s = sig.group(0)
+  new_sig = s.replace(") -> Callable:\n",
+                      ",\n               ref_effects: str | None = None) -> Callable:\n")
+  if new_sig.count("ref_effects") != 1:
+    raise SystemExit("checkpoint's signature: unexpected form")
+  tag.edit(AC, s, new_sig)
+  tag.edit(AC, "  If ``fun`` involves Python control flow that depends on argument values,\n",
+           "  ``ref_effects`` chooses what happens to the effects of ``fun`` on refs it\n"
+           "  did not create (arguments or closed over): ``'once'`` runs them in the\n"
+           "  forward pass only, and the rematerialization sees the values the refs\n"
+           "  had at entry (the same results as without checkpoint); ``'replay'`` runs\n"
+           "  them again when rematerializing, on the live refs; ``'forbid'`` raises a\n"
+           "  ``ValueError`` at trace time. ``None`` (the default) uses the\n"
+           "  ``jax_remat_ref_effects`` option (default ``'once'``).\n\n"
+           "  If ``fun`` involves Python control flow that depends on argument values,\n")
+  tag.edit(AC, "  if isinstance(static_argnums, int):\n    static_argnums = static_argnums,\n",
+           "  if ref_effects not in (None, 'once', 'replay', 'forbid'):\n"
+           "    raise ValueError(\"checkpoint's ref_effects must be None, 'once', "
+           "'replay' or 'forbid', \"\n"
+           "                     f\"got {ref_effects!r}\")\n"
+           "  if isinstance(static_argnums, int):\n    static_argnums = static_argnums,\n")
+  tag.edit(AC,
+           "    if _has_refs(jaxpr):\n"
+           "      out_flat = _remat_bind_value_form(\n",
+           "    mode = ref_effects or config.remat_ref_effects.value\n"
+           "    if mode == 'forbid' and any(_touched_ref_invars(jaxpr)):\n"
+           "      _raise_forbidden_refs(jaxpr)\n"
+           "    if _has_refs(jaxpr) and (mode != 'replay' or not _takes_refs(jaxpr)):\n"
+           "      out_flat = _remat_bind_value_form(\n")
+  # remat: the alias passes ref_effects on.
+  m = re.search(r"def remat\(fun: Callable, \*, prevent_cse: bool = True,\n(?:.*\n)*?"
+                r"  return checkpoint\(fun, prevent_cse=prevent_cse, policy=policy,\n"
+                r"(?:.*\n)*?.*\)\n", ac)
+  if m is None:
+    raise SystemExit(f"{AC}: remat alias not found")
+  r = m.group(0)
+  r2 = r.replace(") -> Callable:\n",
+                 ",\n          ref_effects: str | None = None) -> Callable:\n")
+  r2 = re.sub(r"\)\n$", ", ref_effects=ref_effects)\n", r2)
+  tag.edit(AC, r, r2)
+  # the error, next to the value-form helpers
+  tag.edit(AC, "def _remat_bind_value_form(",
+           FORBIDDEN_DEF + "\n\ndef _remat_bind_value_form(")
+  add_test_section(tag, "modes")
+  return True
+
+
+FORBIDDEN_DEF = '''def _raise_forbidden_refs(jaxpr: core.Jaxpr):
+  i = _touched_ref_invars(jaxpr).index(True)
+  raise ValueError(
+      f"jax.checkpoint(ref_effects='forbid'): {_fun_desc(jaxpr)} uses a "
+      f"ref it did not create, the {_describe_ref(jaxpr, i)}; first "
+      f"access at {_where_desc(_first_access(jaxpr, jaxpr.invars[i]))}. "
+      "Pass the ref's value instead, or choose ref_effects='once' (its effects "
+      "happen in the forward pass only) or 'replay' (rematerialization runs "
+      "them again).")
+'''
+
+SERIES = (
+    ("debug-callback", p_debug_callback),
+    ("remat-dce", p_remat_dce),
+    ("swap-transpose", p_swap_transpose),
+    ("closed-call", p_closed_call),
+    ("value-form", p_value_form),
+    ("remat3", p_remat3),
+    ("ref-effects", p_modes),
+)
+
+
+def count_lines(patch: str) -> dict:
+  """Added / removed lines under jax/ and tests/."""
+  counts = {"jax_added": 0, "jax_removed": 0, "tests_added": 0, "tests_removed": 0}
+  where = None
+  for line in patch.splitlines():
+    if line.startswith("diff --git"):
+      where = "tests" if " b/tests/" in line else "jax"
+    elif line.startswith("+") and not line.startswith("+++"):
+      counts[f"{where}_added"] += 1
+    elif line.startswith("-") and not line.startswith("---"):
+      counts[f"{where}_removed"] += 1
+  return counts
+
+
+def build(jax_repo: pathlib.Path, tag_name: str, out: pathlib.Path) -> list[dict]:
+  out_tag = out / tag_name
+  if out_tag.exists():
+    shutil.rmtree(out_tag)
+  out_tag.mkdir(parents=True)
+  with tempfile.TemporaryDirectory() as tmp:
+    root = pathlib.Path(tmp) / "jax"
+    export(jax_repo, tag_name, root)
+    tag = Tag(root)
+    series = []
+    for name, make in SERIES:
+      if not make(tag):
+        continue
+      patch = tag.commit(f"remat refs: {name}")
+      num = f"{len(series) + 1:04d}"
+      (out_tag / f"{num}-{name}.patch").write_text(patch)
+      series.append(dict(patch=f"{num}-{name}.patch", name=name,
+                         **count_lines(patch)))
+    meta = dict(tag=tag_name, features=tag.features, series=series)
+    (out_tag / "series.json").write_text(json.dumps(meta, indent=1) + "\n")
+    import pr_description  # build/pr_description.py
+    pr_description.write_all(out_tag, meta)
+  return series
+
+
+def check_apply(jax_repo: pathlib.Path, tag_name: str, out: pathlib.Path) -> None:
+  """`git apply` of the series, in order, on a fresh export of the tag."""
+  meta = json.loads((out / tag_name / "series.json").read_text())
+  dest = out / tag_name / "tree"
+  if dest.exists():
+    shutil.rmtree(dest)
+  export(jax_repo, tag_name, dest)
+  for p in meta["series"]:
+    r = git("apply", "--check", str(out / tag_name / p["patch"]), cwd=dest,
+            check=False)
+    if r.returncode:
+      raise SystemExit(f"{tag_name}: {p['patch']} does not apply:\n{r.stderr}")
+    git("apply", str(out / tag_name / p["patch"]), cwd=dest)
+  print(f"{tag_name}: {len(meta['series'])} patches apply in order "
+        f"(patched tree: {dest})")
+
+
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--tags", default=",".join(TAGS))
+  ap.add_argument("--repo", default=str(DEFAULT_JAX_REPO),
+                  help="a git repository of JAX that has the tags")
+  ap.add_argument("--out", default=str(REPO / "build" / "out" / "patches"))
+  ap.add_argument("--check", action="store_true",
+                  help="apply each series to a fresh export of its tag "
+                  "(into OUT/<tag>/tree)")
+  ns = ap.parse_args(argv)
+  sys.path.insert(0, str(REPO / "build"))
+  jax_repo, out = pathlib.Path(ns.repo), pathlib.Path(ns.out)
+  if not (jax_repo / "HEAD").exists() and (jax_repo / ".git").exists():
+    jax_repo = jax_repo / ".git"
+  for tag_name in ns.tags.split(","):
+    series = build(jax_repo, tag_name, out)
+    print(f"{tag_name}: " + ", ".join(
+        f"{p['patch']} (+{p['jax_added']}/-{p['jax_removed']} jax, "
+        f"+{p['tests_added']} tests)" for p in series))
+    if ns.check:
+      check_apply(jax_repo, tag_name, out)
+  return 0
 
 
 if __name__ == "__main__":
-  # SIGTERM (e.g. a killed `make`) unwinds like Ctrl-C: the test processes
-  # this started are stopped and the temporary tree removed.
-  def _on_term(*_):
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a 2nd one: let cleanup end
-    sys.exit(143)
-  signal.signal(signal.SIGTERM, _on_term)
-  try:
-    sys.exit(main())
-  except BuildError as e:
-    print(f"make_patch: error: {e}", file=sys.stderr)
-    sys.exit(1)
+  sys.exit(main())

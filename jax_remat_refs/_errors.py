@@ -22,7 +22,8 @@ def describe_input(jaxpr: core.Jaxpr, i: int) -> str:
   """'argument y' / 'closed-over ref' / 'input #i', with the ref's type."""
   names = jaxpr.debug_info.arg_names if jaxpr.debug_info else None
   aval = jaxpr.invars[i].aval
-  ty = aval.inner_aval.str_short() if hasattr(aval, "inner_aval") else aval.str_short()
+  inner = aval.inner_aval if hasattr(aval, "inner_aval") else aval
+  ty = inner.str_short()
   if names is not None and i < len(names):
     what = f"argument {names[i]}" if names[i] else "closed-over ref"
   else:
@@ -60,10 +61,11 @@ def raise_read_only_written(jaxpr: core.Jaxpr, i: int, kinds) -> None:
 
 
 def warn_not_rematerialized(jaxpr: core.Jaxpr, eqn) -> None:
+  fun, where = _fun(jaxpr), _where(eqn)
   message = (
-      f"jax.remat: {_fun(jaxpr)} calls a {eqn.primitive} function that reads "
-      f"or writes a ref (at {_where(eqn)}). A custom differentiation rule "
-      "over refs has no value form that keeps the rule, so this remat is not "
+      f"jax.remat: {fun} calls a {eqn.primitive} function that reads or "
+      f"writes a ref (at {where}). A custom differentiation rule over refs "
+      "has no value form that keeps the rule, so this remat is not "
       "rematerialized: it runs as if undecorated (ref effects once, its "
       "residuals saved), which gives the same results as without jax.remat. "
       "Pass the ref's value to the custom_vjp/custom_jvp function to get "

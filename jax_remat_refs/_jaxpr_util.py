@@ -11,7 +11,6 @@ from typing import Iterator
 import numpy as np
 
 from jax._src import core
-from jax._src.lax import lax
 from jax._src.state.types import AbstractRef, AccumEffect, RefEffect, WriteEffect
 
 from jax_remat_refs import _compat
@@ -34,8 +33,8 @@ def ref_effect_vars(effects, binders, kinds=(RefEffect,)) -> set:
 
 
 def _jaxpr_ref_effect_vars(jaxpr: core.Jaxpr, kinds) -> set:
-  return ref_effect_vars(jaxpr.effects, [*jaxpr.constvars, *jaxpr.invars],
-                         kinds)
+  binders = [*jaxpr.constvars, *jaxpr.invars]
+  return ref_effect_vars(jaxpr.effects, binders, kinds)
 
 
 def touched_ref_invars(jaxpr: core.Jaxpr) -> list[bool]:
@@ -99,11 +98,9 @@ def first_access(jaxpr: core.Jaxpr, var: core.Var, kinds=(RefEffect,)):
 
 # Pure integer/boolean scalar arithmetic: what state discharge emits to
 # normalize static indices (`i < 0`, `i + n`, `select_n`) for every `r[k]`.
-_FOLDABLE = frozenset(
-    p.name for p in (lax.lt_p, lax.le_p, lax.gt_p, lax.ge_p, lax.eq_p,
-                     lax.ne_p, lax.add_p, lax.sub_p, lax.mul_p, lax.neg_p,
-                     lax.max_p, lax.min_p, lax.select_n_p, lax.and_p,
-                     lax.or_p, lax.not_p, lax.convert_element_type_p))
+_FOLDABLE = frozenset({
+    "lt", "le", "gt", "ge", "eq", "ne", "add", "sub", "mul", "neg", "max",
+    "min", "select_n", "and", "or", "not", "convert_element_type"})
 
 
 def _int_scalar(aval) -> bool:
@@ -112,23 +109,26 @@ def _int_scalar(aval) -> bool:
 
 
 def fold_index_literals(jaxpr: core.Jaxpr) -> core.Jaxpr:
-  """`jaxpr` with each top-level equation of `_FOLDABLE` whose inputs are
-  integer or boolean scalar literals replaced by its value, computed by the
-  primitive itself (equations that use it see a literal; it is dropped)."""
+  """`jaxpr` with each top-level equation of integer or boolean scalar
+  arithmetic on literals replaced by its value, computed by the primitive
+  itself (equations that use it see a literal; it is dropped)."""
   env: dict = {}
   sub = lambda a: env.get(a, a) if isinstance(a, core.Var) else a
   eqns = []
   for eqn in jaxpr.eqns:
     invars = [sub(a) for a in eqn.invars]
-    if (eqn.primitive.name in _FOLDABLE and invars and not eqn.effects and
-        all(isinstance(a, core.Literal) and _int_scalar(a.aval) for a in invars) and
-        all(_int_scalar(v.aval) for v in eqn.outvars)):
+    foldable = (
+        eqn.primitive.name in _FOLDABLE and invars and not eqn.effects and
+        all(isinstance(a, core.Literal) and _int_scalar(a.aval)
+            for a in invars) and
+        all(_int_scalar(v.aval) for v in eqn.outvars))
+    outs = None
+    if foldable:
+      ins = tuple((np.asarray(a.val).item(), a.aval) for a in invars)
       try:
-        outs = _fold(eqn.primitive, tuple((np.asarray(a.val).item(), a.aval)
-                                          for a in invars),
-                     tuple(sorted(eqn.params.items())))
+        outs = _fold(eqn.primitive, ins, tuple(sorted(eqn.params.items())))
       except TypeError:  # a param that does not hash: keep the equation
-        outs = None
+        pass
       if outs is not None:
         env.update((v, core.Literal(val, v.aval)) for v, val in
                    zip(eqn.outvars, outs))

@@ -30,6 +30,13 @@ UPSTREAM_HOISTING = loops._scan_known_hoisting
 
 
 def scan_known_hoisting(jaxpr_known, known_consts, *num_res):
+  jaxpr_known, known_consts = discharge_invariant_refs(jaxpr_known, known_consts)
+  return UPSTREAM_HOISTING(jaxpr_known, known_consts, *num_res)
+
+
+def discharge_invariant_refs(jaxpr_known, known_consts):
+  """(body, consts) with the ref consts that the known body never writes and
+  only reads directly replaced by their values, read here, once."""
   body, _ = _compat.open_closed(jaxpr_known)
   written = ju.written_ref_invars(body)
   # Only refs the body reads directly: a ref it hands to a nested call (jit,
@@ -39,7 +46,7 @@ def scan_known_hoisting(jaxpr_known, known_consts, *num_res):
   invariant = [ju.is_ref(c) and not w and v in read_only_directly
                for c, w, v in zip(known_consts, written, body.invars)]
   if not any(invariant):
-    return UPSTREAM_HOISTING(jaxpr_known, known_consts, *num_res)
+    return jaxpr_known, known_consts
   should = invariant + [False] * (len(body.invars) - len(known_consts))
   try:
     discharged = _compat.discharge_closed(jaxpr_known, should)
@@ -49,14 +56,14 @@ def scan_known_hoisting(jaxpr_known, known_consts, *num_res):
     # of one aval): where the partial discharge is refused, the loop is
     # partially evaluated as upstream does it. The refused discharge only
     # traced a new jaxpr; nothing outside it was bound.
-    return UPSTREAM_HOISTING(jaxpr_known, known_consts, *num_res)
+    return jaxpr_known, known_consts
   # Drop the discharged refs' final values (their initial values).
   n_out = len(jaxpr_known.out_avals)
   discharged = pe.prune_closed_jaxpr_outputs(
       discharged, [True] * n_out + [False] * (len(discharged.out_avals) - n_out))
   consts = [state_primitives.ref_get(c, ()) if inv else c
             for c, inv in zip(known_consts, invariant)]
-  return UPSTREAM_HOISTING(discharged, consts, *num_res)
+  return discharged, consts
 
 
 def _read_only_directly(body) -> set:

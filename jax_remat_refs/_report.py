@@ -22,7 +22,8 @@ _SCOPE_RE = re.compile(_SCOPE + r":(?P<what>[^/)]*)")
 
 @contextlib.contextmanager
 def entry_read_scope(what: str):
-  with source_info_util.extend_name_stack(f"{_SCOPE}:{what.replace('/', '|')}"):
+  scope = f"{_SCOPE}:{what.replace('/', '|')}"
+  with source_info_util.extend_name_stack(scope):
     yield
 
 

@@ -43,10 +43,8 @@ from jax_remat_refs import _semantics as sem
 remat_p = ac.remat_p
 UPSTREAM_BIND = remat_p.bind
 
-_CUSTOM_RULE_PRIMITIVES = tuple(
-    p for p in (getattr(custom_derivatives, "custom_vjp_call_p", None),
-                getattr(custom_derivatives, "custom_jvp_call_p", None))
-    if p is not None)
+_CUSTOM_RULE_PRIMITIVES = (custom_derivatives.custom_vjp_call_p,
+                           custom_derivatives.custom_jvp_call_p)
 
 
 # --------------------------------------------------------------------------
@@ -64,13 +62,20 @@ def remat_bind(*args, jaxpr, prevent_cse, differentiated, policy):
     return UPSTREAM_BIND(*args, jaxpr=jaxpr, prevent_cse=prevent_cse,
                          differentiated=differentiated,
                          policy=sem.wrap_policy(sem.REPLAY, policy))
-  args, jaxpr, prevent_cse = _merge_aliased_refs(args, jaxpr, prevent_cse)
   _read_only.check_not_written(jaxpr)
+  return bind_value_form(args, jaxpr, prevent_cse, differentiated,
+                         sem.unwrap_policy(policy))
+
+
+def bind_value_form(args, jaxpr, prevent_cse, differentiated, policy):
+  """Binds a remat of `jaxpr`, a body with refs, in value form: reads each
+  ref at entry, binds a remat of the discharged (pure) body on the values,
+  and writes back the refs the body writes."""
+  args, jaxpr, prevent_cse = _merge_aliased_refs(args, jaxpr, prevent_cse)
   custom = _custom_rule_on_refs(jaxpr)
   if custom is not None:
     _errors.warn_not_rematerialized(jaxpr, custom)
     return core.eval_jaxpr(jaxpr, (), *args)
-
   pure, consts, written = _value_form(jaxpr)
   ins = list(args)
   for i, v in enumerate(jaxpr.invars):
@@ -79,9 +84,9 @@ def remat_bind(*args, jaxpr, prevent_cse, differentiated, policy):
         ins[i] = state_primitives.ref_get(args[i], ())
   if isinstance(prevent_cse, tuple):
     prevent_cse = (False,) * len(consts) + prevent_cse
-  outs = UPSTREAM_BIND(*consts, *ins, jaxpr=pure, prevent_cse=prevent_cse,
-                       differentiated=differentiated,
-                       policy=sem.unwrap_policy(policy))
+  outs = UPSTREAM_BIND(
+      *consts, *ins, jaxpr=pure, prevent_cse=prevent_cse,
+      differentiated=differentiated, policy=policy)
   n_out = len(jaxpr.outvars)
   for i, new_val in zip(written, outs[n_out:]):
     state_primitives.ref_set(args[i], (), new_val)
