@@ -409,9 +409,10 @@ def p_value_form(tag: Tag):
   loops = tag.read(LOOPS)
   lcode = overlay_code(LOOP_DEFS, f, "state_discharge", prefix="ad_checkpoint.")
   if "from jax._src.state import primitives as state_primitives\n" not in loops:
-    tag.edit(LOOPS, "from jax._src.state import AbstractRef, discharge as state_discharge\n",
-             "from jax._src.state import AbstractRef, discharge as state_discharge\n"
-             "from jax._src.state import primitives as state_primitives\n")
+    line = re.search(r"^from jax\._src\.state import .*discharge as state_discharge.*\n",
+                     loops, flags=re.M).group(0)
+    tag.edit(LOOPS, line,
+             line + "from jax._src.state import primitives as state_primitives\n")
   head = re.search(r"def _scan_known_hoisting\(jaxpr_known, known_consts, num_res\):\n",
                    loops)
   if head is None:

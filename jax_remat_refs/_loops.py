@@ -43,11 +43,12 @@ def discharge_invariant_refs(jaxpr_known, known_consts):
   # a loop) is left alone, as JAX discharges some of those calls' refs all
   # together, not one by one.
   read_only_directly = _read_only_directly(body)
+  n = len(known_consts)  # the body's first inputs
   invariant = [ju.is_ref(c) and not w and v in read_only_directly
-               for c, w, v in zip(known_consts, written, body.invars)]
+               for c, w, v in zip(known_consts, written[:n], body.invars[:n])]
   if not any(invariant):
     return jaxpr_known, known_consts
-  should = invariant + [False] * (len(body.invars) - len(known_consts))
+  should = invariant + [False] * (len(body.invars) - n)
   try:
     discharged = _compat.discharge_closed(jaxpr_known, should)
   except (ValueError, NotImplementedError):

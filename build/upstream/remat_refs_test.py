@@ -13,7 +13,6 @@
 # limitations under the License.
 """Tests of jax.checkpoint / jax.remat on functions that use mutable array refs."""
 
-import functools
 import warnings
 
 from absl.testing import absltest
@@ -48,14 +47,14 @@ def _seed(remat, **kw):
 
 class _RematOracleTestCase(jtu.JaxTestCase):
 
-  def check(self, prog, **kw):
+  def check(self, prog):
     """Runs `prog(remat)` with jax.remat and without it; returns the former.
 
     `prog` builds its refs itself, so each run starts from the same state,
     and returns everything observable: outputs, gradients, final ref values.
     """
     expected = prog(_no_remat)
-    actual = prog(functools.partial(jax.remat, **kw) if kw else jax.remat)
+    actual = prog(jax.remat)
     self.assertAllClose(actual, expected)
     return actual
 
@@ -387,7 +386,9 @@ class RematFixesTest(jtu.JaxTestCase):
         y = checkpoint_name(jnp.sin(x) * 2., 'x')
         jax.debug.callback(lambda v: calls.append(float(v)), y)
         return jnp.cos(x) * x
-      return jax.grad(remat(f, policy=cp.save_only_these_names('x')))(0.3)
+      g = jax.grad(remat(f, policy=cp.save_only_these_names('x')))(0.3)
+      jax.effects_barrier()
+      return g
     expected = run(_no_remat)
     n_expected = len(calls)
     del calls[:]
@@ -470,10 +471,13 @@ class RematRefEffectsTest(jtu.JaxTestCase):
   def test_forbid_raises_naming_the_ref(self):
     x_ref = jax.new_ref(1.)
     f = _seed(jax.checkpoint, ref_effects='forbid')
-    with self.assertRaisesRegex(ValueError, r'(?s)ref_effects.*x_ref|x_ref.*ref_effects'):
+    with self.assertRaisesRegex(
+        ValueError, r'(?s)ref_effects.*x_ref|x_ref.*ref_effects'):
       jax.grad(f)(1., x_ref)
     with self.assertRaisesRegex(ValueError, 'ref_effects'):
       jax.jit(f)(1., x_ref)
+    with self.assertRaisesRegex(ValueError, 'x_ref'):
+      jax.make_jaxpr(jax.grad(f))(1., x_ref)  # tracing alone raises
     # Tracing failed before anything ran: the ref is untouched.
     self.assertAllClose(x_ref[...], 1.)
 
@@ -527,12 +531,13 @@ class RematRefEffectsTest(jtu.JaxTestCase):
     self.assertAllClose(self._seed_grad(ref_effects=None), (1., 2.))
 
   def test_default_from_config_update(self):
-    self.assertEqual(config.remat_ref_effects.value, 'once')
+    before = config.remat_ref_effects.value
+    self.assertEqual(before, 'once')
     try:
       jax.config.update('jax_remat_ref_effects', 'replay')
       self.assertAllClose(self._seed_grad(), (2., 3.))
     finally:
-      jax.config.update('jax_remat_ref_effects', 'once')
+      jax.config.update('jax_remat_ref_effects', before)
     self.assertAllClose(self._seed_grad(), (1., 2.))
 
   def test_config_read_at_trace_time_retraces_jit(self):
