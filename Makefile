@@ -34,7 +34,7 @@ GPU_CHECK_DEPS :=
 GPU_CHECK_PY := $(PYTHON)
 endif
 
-.PHONY: venv test test-quick demo fuzz bench gpu-check patch clean
+.PHONY: venv test test-quick demo fuzz bench gpu-check patch patch-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -69,8 +69,17 @@ ifneq ($(BACKEND),cpu)
 endif
 	PYTHONPATH=$(CURDIR) $(GPU_CHECK_PY) benchmarks/gpu_check.py --backend $(BACKEND) --out $(OUT)
 
-patch: $(STAMP)
-	$(VPY) build/make_patch.py
+# make patch: the upstream series for every supported tag of a JAX git
+# repository (JAX_REPO: a clone of github.com/jax-ml/jax with its tags), each
+# applied in order to a fresh export of its tag. make patch-check: JAX's own
+# tests and the added ones on the patched tree of tag jax-v$(JAX), against
+# the pristine tag, with this venv's jaxlib.
+JAX_REPO ?= /work/.mirror/jax-ml+jax/repo
+patch:
+	$(PYTHON) build/make_patch.py --repo $(JAX_REPO) --check
+
+patch-check: $(STAMP)
+	$(VPY) build/check_patch.py --repo $(JAX_REPO) --tag jax-v$(JAX) --python $(CURDIR)/$(VPY)
 
 clean:
 	rm -rf .venv-py* build/out benchmarks/results

@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import os
 import pathlib
 import re
 import shutil
@@ -57,7 +58,8 @@ import tempfile
 REPO = pathlib.Path(__file__).resolve().parent.parent
 PKG = REPO / "jax_remat_refs"
 UPSTREAM = REPO / "build" / "upstream"
-DEFAULT_JAX_REPO = pathlib.Path("/work/.mirror/jax-ml+jax/repo")
+DEFAULT_JAX_REPO = pathlib.Path(os.environ.get(
+    "JAX_REPO", "/work/.mirror/jax-ml+jax/repo"))
 TAGS = ("jax-v0.10.0", "jax-v0.10.1", "jax-v0.10.2", "jax-v0.11.0")
 
 AC = "jax/_src/ad_checkpoint.py"
@@ -463,7 +465,9 @@ remat_ref_effects = enum_state(
           'checkpoint is not given ref_effects: "once" (default) runs them in '
           'the forward pass only and rematerializes from the values the refs '
           'had at entry; "replay" runs them again when rematerializing, on the '
-          'live refs; "forbid" raises an error at trace time.'))
+          'live refs; "forbid" raises an error at trace time.'),
+    include_in_jit_key=True,
+    include_in_trace_context=True)
 '''
 
 
@@ -616,6 +620,10 @@ def main(argv=None) -> int:
   ns = ap.parse_args(argv)
   sys.path.insert(0, str(REPO / "build"))
   jax_repo, out = pathlib.Path(ns.repo), pathlib.Path(ns.out)
+  if not jax_repo.exists():
+    raise SystemExit(f"no JAX repository at {jax_repo}: pass --repo (make "
+                     "patch JAX_REPO=...), e.g. a `git clone --bare "
+                     "https://github.com/jax-ml/jax` with its tags")
   if not (jax_repo / "HEAD").exists() and (jax_repo / ".git").exists():
     jax_repo = jax_repo / ".git"
   for tag_name in ns.tags.split(","):

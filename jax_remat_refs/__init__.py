@@ -8,18 +8,6 @@ from __future__ import annotations
 
 import contextlib
 
-# >>> in-JAX build detection (issue 7). A JAX patched by `make patch` holds this
-# package as jax._src.remat_refs and installs its rules on `import jax`; our
-# submodule names then alias that copy, so the code below reuses JAX's rules
-# instead of installing a second set. The patch's copy leaves this block out.
-import importlib as _importlib, pkgutil as _pkgutil, sys as _sys  # noqa: E401
-_importlib.import_module("jax")
-if "jax._src.remat_refs" in _sys.modules:
-  for _m in _pkgutil.iter_modules(_sys.modules["jax._src.remat_refs"].__path__):
-    _sys.modules[f"{__name__}.{_m.name}"] = globals()[_m.name] = (
-        _importlib.import_module(f"jax._src.remat_refs.{_m.name}"))
-# <<< in-JAX build detection
-
 from jax_remat_refs import _compat
 
 # Errors, warnings and source locations point at the user's code, not ours.
@@ -45,10 +33,12 @@ _active = False
 
 
 def activate() -> None:
-  """Install the ref-aware remat rules (idempotent)."""
+  """Install the ref-aware remat rules (idempotent). A JAX that carries the
+  upstream patch (`make patch`) has them already: nothing is installed."""
   global _active
-  _rules.install()
-  _remat3.install()
+  if not _compat.JAX_HAS_VALUE_FORM:
+    _rules.install()
+    _remat3.install()
   _active = True
 
 

@@ -27,6 +27,12 @@ NEWEST_TESTED = "0.12.0.1"
 JAX_VERSION = jax.__version__
 # 0.12 made `core.Jaxpr` carry its own consts (no ClosedJaxpr in most APIs).
 JAXPR_IS_CLOSED = hasattr(core.Jaxpr, "consts")
+# A JAX patched with this project's upstream series (build/make_patch.py)
+# binds ref-touching remats in value form itself, and (with its last patch)
+# takes `ref_effects=` in `jax.checkpoint`.
+JAX_HAS_VALUE_FORM = hasattr(ac, "_remat_bind_value_form")
+CHECKPOINT_TAKES_REF_EFFECTS = "ref_effects" in inspect.signature(
+    ac.checkpoint).parameters
 # A `remat_p` DCE rule that takes `live_ins` is the one that keeps effectful
 # remats whose outputs are unused; the older form (0.10.x, 0.11.x) drops a
 # remat whose only effect is, say, a debug callback.

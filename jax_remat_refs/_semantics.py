@@ -48,8 +48,9 @@ def _default_from_env() -> str:
     raise ValueError(f"environment variable {ENV_VAR}: {e}") from None
 
 
-_existing = getattr(jax_config.config, "jax_remat_ref_effects", None)
-if _existing is None:
+if hasattr(jax_config, "remat_ref_effects"):  # JAX with the ref-effects patch
+  ref_effects_default = jax_config.remat_ref_effects
+elif getattr(jax_config.config, "jax_remat_ref_effects", None) is None:
   ref_effects_default = jax_config.enum_state(
       name="jax_remat_ref_effects",
       enum_values=list(MODES),

@@ -6,6 +6,7 @@ from typing import Callable
 
 import jax
 
+from jax_remat_refs import _compat
 from jax_remat_refs import _semantics as sem
 
 
@@ -37,6 +38,10 @@ def checkpoint(fun: Callable | None = None, *, prevent_cse=True, policy=None,
         f"{fun!r} of type {type(fun).__name__}.")
   if policy is not None and not callable(policy):
     raise TypeError(f"checkpoint/remat policy must be callable; got {policy!r}.")
+  if _compat.CHECKPOINT_TAKES_REF_EFFECTS:  # JAX with the upstream series
+    return jax.checkpoint(fun, prevent_cse=prevent_cse, policy=policy,
+                          static_argnums=static_argnums,
+                          ref_effects=ref_effects, **kwargs)
   return jax.checkpoint(fun, prevent_cse=prevent_cse,
                         policy=sem.RefEffectsPolicy(ref_effects, policy),
                         static_argnums=static_argnums, **kwargs)

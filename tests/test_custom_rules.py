@@ -61,6 +61,49 @@ class CustomVJPRefTest(jtu.JaxTestCase):
     self.assertAllClose(got, 6. * jnp.cos(2.))
     self.assertAllClose(stash[...], 3. * jnp.cos(2.))
 
+  def _stash_program(self, also_reads_a_ref):
+    # A custom_vjp takes a ref and writes the cotangent into it in its
+    # backward rule; its primal does not touch the ref.
+    @jax.custom_vjp
+    def stash_grads(grads_ref, x):
+      return x
+    def fwd(grads_ref, x):
+      return x, grads_ref
+    def bwd(grads_ref, g):
+      grads_ref[...] = g
+      return None, g
+    stash_grads.defvjp(fwd, bwd)
+    scale = jax.new_ref(3.)
+    def prog(R):
+      @R
+      def f(grads_ref, x):
+        y = jnp.sin(stash_grads(grads_ref, jnp.sin(x)))
+        return y * scale[...] if also_reads_a_ref else y
+      grads_ref = jax.new_ref(0.)
+      return jax.grad(f, 1)(grads_ref, 1.), grads_ref[...]
+    return prog
+
+  def test_ref_passed_to_custom_vjp_stays_a_ref(self):
+    # Only the backward rule writes it: value form leaves it a ref, the
+    # remat stays (no warning), and the backward pass writes it once.
+    prog = self._stash_program(also_reads_a_ref=False)
+    expected = prog(no_remat)
+    with warnings.catch_warnings():
+      warnings.simplefilter("error", RematRefWarning)
+      g, stash = prog(jax.remat)
+    self.assertAllClose((g, stash), expected)
+    self.assertAllClose(stash, jnp.cos(jnp.sin(1.)))
+    self.assertAllClose(g, jnp.cos(jnp.sin(1.)) * jnp.cos(1.))
+
+  def test_ref_passed_to_custom_vjp_in_a_body_that_reads_refs_warns(self):
+    # The body's other refs are discharged, which would hand the custom_vjp
+    # a value: the remat runs as if undecorated, with a warning.
+    prog = self._stash_program(also_reads_a_ref=True)
+    expected = prog(no_remat)
+    with self.assertWarnsRegex(RematRefWarning, "not rematerialized"):
+      actual = prog(jax.remat)
+    self.assertAllClose(actual, expected)
+
   def test_custom_vjp_reads_closed_over_ref_body_writes_it(self):
     def prog(R):
       s = jax.new_ref(2.)

@@ -372,10 +372,10 @@ class RematRefsLoopTest(_RematOracleTestCase):
         grads, jax.grad(self._stacked_loss(_no_remat, False), (0, 1))(x, ws))
 
 
-# -- fixes --
+# -- fix-debug-callback --
 
 
-class RematFixesTest(jtu.JaxTestCase):
+class RematDebugCallbackTest(jtu.JaxTestCase):
 
   def test_debug_callback_on_value_saved_by_name(self):
     calls = []
@@ -398,6 +398,12 @@ class RematFixesTest(jtu.JaxTestCase):
     self.assertGreater(len(calls), 0)
     self.assertAllClose(calls[0], 2. * np.sin(0.3))
 
+
+# -- fix-remat3 --
+
+
+class Remat3RefsTest(jtu.JaxTestCase):
+
   def test_remat3_seed(self):
     if not hasattr(config, 'remat3'):
       self.skipTest('this jax has no jax_remat3 option')
@@ -405,6 +411,12 @@ class RematFixesTest(jtu.JaxTestCase):
       x_ref = jax.new_ref(1.)
       g = jax.grad(_seed(jax.remat))(1., x_ref)
       self.assertAllClose((g, x_ref[...]), (1., 2.))
+
+
+# -- fix-remat-dce --
+
+
+class RematDceTest(jtu.JaxTestCase):
 
   def test_dce_keeps_remat_with_unused_outputs_and_callback(self):
     calls = []
@@ -427,6 +439,27 @@ class RematFixesTest(jtu.JaxTestCase):
     self.assertAllClose(actual, expected)
     self.assertEqual(n_expected, 1)
     self.assertEqual(len(calls), n_expected)
+
+
+# -- fix-swap-transpose --
+
+
+class SwapTransposeTest(jtu.JaxTestCase):
+
+  @parameterized.named_parameters(('plain', lambda f: f), ('remat', jax.remat))
+  def test_constant_swapped_into_ref_takes_no_cotangent(self, wrap):
+    def f(x):
+      q = jax.new_ref(x * x)
+      q[...] = 2.  # a constant replaces the differentiated value
+      return q[...] * x
+    # d/dx (2 * x) = 2 (before the fix: AttributeError in the transpose).
+    self.assertAllClose(jax.grad(wrap(f))(0.5), 2.)
+
+
+# -- fix-closed-call --
+
+
+class ClosedCallCheckTest(jtu.JaxTestCase):
 
   def test_hessian_of_remat_around_scan_with_checks(self):
     def run(remat):
