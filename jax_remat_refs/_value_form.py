@@ -69,25 +69,23 @@ def remat_bind(*args, jaxpr, prevent_cse, differentiated, policy):
 
 def bind_value_form(args, jaxpr, prevent_cse, differentiated, policy):
   """Binds a remat of `jaxpr`, a body with refs, in value form: reads each
-  ref the body reads or writes at entry, binds a remat of the discharged
-  body on the values, and writes back the refs the body writes. (Refs the
-  body only passes on, e.g. to a custom_vjp rule that writes gradients into
-  them in the backward pass, stay refs.)"""
+  ref at entry, binds a remat of the discharged (pure) body on the values,
+  and writes back the refs the body writes."""
   args, jaxpr, prevent_cse = _merge_aliased_refs(args, jaxpr, prevent_cse)
-  touched = ju.touched_ref_invars(jaxpr)
-  discharges = (any(touched) or
-                core.internal_mutable_array_effect in jaxpr.effects)
-  custom = _custom_rule_on_refs(jaxpr, discharges)
+  if not _has_ref_effects(jaxpr):
+    # Refs only passed on, e.g. to a custom_vjp whose backward rule writes
+    # gradients into them: the body has no ref effect to repeat, and
+    # upstream's equation is right.
+    return UPSTREAM_BIND(*args, jaxpr=jaxpr, prevent_cse=prevent_cse,
+                         differentiated=differentiated, policy=policy)
+  custom = _custom_rule_on_refs(jaxpr)
   if custom is not None:
     _errors.warn_not_rematerialized(jaxpr, custom)
     return core.eval_jaxpr(jaxpr, (), *args)
-  if not discharges:  # no ref effects: upstream's equation
-    return UPSTREAM_BIND(*args, jaxpr=jaxpr, prevent_cse=prevent_cse,
-                         differentiated=differentiated, policy=policy)
   pure, consts, written = _value_form(jaxpr)
   ins = list(args)
-  for i, t in enumerate(touched):
-    if t:
+  for i, v in enumerate(jaxpr.invars):
+    if ju.is_ref(v):
       with _report.entry_read_scope(_errors.describe_input(jaxpr, i)):
         ins[i] = state_primitives.ref_get(args[i], ())
   if isinstance(prevent_cse, tuple):
@@ -101,17 +99,23 @@ def bind_value_form(args, jaxpr, prevent_cse, differentiated, policy):
   return outs[:n_out]
 
 
+def _has_ref_effects(jaxpr: core.Jaxpr) -> bool:
+  """Whether `jaxpr` reads or writes an input ref, or makes refs."""
+  return (any(ju.touched_ref_invars(jaxpr)) or
+          core.internal_mutable_array_effect in jaxpr.effects)
+
+
 @weakref_lru_cache
 def _value_form(jaxpr: core.Jaxpr):
   """The discharged body of a remat: (jaxpr, consts, written).
 
-  Its inputs are the consts, then `jaxpr`'s inputs with every ref the body
-  reads or writes replaced by its value; its outputs are `jaxpr`'s, then the
-  final values of the refs at positions `written` (the refs it writes)."""
-  touched = ju.touched_ref_invars(jaxpr)
+  Its inputs are the consts, then `jaxpr`'s inputs with every ref replaced by
+  its value; its outputs are `jaxpr`'s, then the final values of the refs at
+  positions `written` (the refs the body writes)."""
+  is_ref = [ju.is_ref(v) for v in jaxpr.invars]
   written = tuple(i for i, w in enumerate(ju.written_ref_invars(jaxpr)) if w)
-  pure, consts = _compat.discharge_state(jaxpr, touched)
-  ref_pos = [i for i, t in enumerate(touched) if t]
+  pure, consts = _compat.discharge_state(jaxpr, is_ref)
+  ref_pos = [i for i, r in enumerate(is_ref) if r]
   keep = [True] * len(jaxpr.outvars) + [i in written for i in ref_pos]
   pure = ju.fold_index_literals(pe.convert_constvars_jaxpr(pure))
   pure, _ = pe.dce_jaxpr(pure, keep, instantiate=True)
@@ -151,15 +155,12 @@ def _merged_jaxpr(jaxpr: core.Jaxpr, source: tuple[int, ...]) -> core.Jaxpr:
   return merged
 
 
-def _custom_rule_on_refs(jaxpr: core.Jaxpr, discharges: bool):
-  """A custom_vjp/custom_jvp equation (in `jaxpr` or nested in it) that value
-  form cannot keep, or None: one whose primal reads or writes a ref, or one
-  that takes a ref when the body's refs are discharged (the discharge would
-  hand it a value)."""
+def _custom_rule_on_refs(jaxpr: core.Jaxpr):
+  """A custom_vjp/custom_jvp equation (in `jaxpr` or nested in it) that
+  takes a ref, or None. Value form would hand it the ref's value: neither its
+  primal nor its rules could use the ref any more. (Refs a custom function
+  makes and uses inside are its own business.)"""
   def pred(eqn):
-    if eqn.primitive not in _CUSTOM_RULE_PRIMITIVES:
-      return False
-    touches = bool(ju.ref_effect_vars(eqn.effects, eqn.invars))
-    takes = any(ju.is_ref(v) for v in eqn.invars)
-    return touches or (takes and discharges)
+    return (eqn.primitive in _CUSTOM_RULE_PRIMITIVES and
+            any(ju.is_ref(v) for v in eqn.invars))
   return ju.find_eqn(jaxpr, pred)
