@@ -174,7 +174,7 @@ VALUE_FORM_DEFS = (
                  "warn_not_rematerialized")),
     ("_report", ("_SCOPE", "entry_read_scope")),
     ("_value_form", ("_CUSTOM_RULE_PRIMITIVES", "bind_value_form",
-                     "_value_form", "_merge_aliased_refs", "_merged_jaxpr",
+                     "_has_ref_effects", "_value_form", "_merge_aliased_refs", "_merged_jaxpr",
                      "_custom_rule_on_refs")),
 )
 LOOP_DEFS = (("_loops", ("discharge_invariant_refs", "_read_only_directly")),)
@@ -381,6 +381,9 @@ def p_value_form(tag: Tag):
   extra = ""
   if "from jax._src import custom_derivatives\n" not in ac:
     extra += "from jax._src import custom_derivatives\n"
+  if "from jax._src import linear_util as lu\n" not in ac:
+    tag.edit(AC, "from jax._src import dtypes\n",
+             "from jax._src import dtypes\nfrom jax._src import linear_util as lu\n")
   extra += "from jax._src.state import primitives as state_primitives\n"
   extra += "from jax._src.util import weakref_lru_cache\n" if (
       "weakref_lru_cache" not in ac) else ""
