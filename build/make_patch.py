@@ -174,8 +174,8 @@ VALUE_FORM_DEFS = (
                  "warn_not_rematerialized")),
     ("_report", ("_SCOPE", "entry_read_scope")),
     ("_value_form", ("_CUSTOM_RULE_PRIMITIVES", "bind_value_form",
-                     "_has_ref_effects", "_value_form", "_merge_aliased_refs", "_merged_jaxpr",
-                     "_custom_rule_on_refs")),
+                     "_has_ref_effects", "_value_form", "_merge_aliased_refs",
+                     "_merged_jaxpr", "_custom_rule_on_refs")),
 )
 LOOP_DEFS = (("_loops", ("discharge_invariant_refs", "_read_only_directly")),)
 
