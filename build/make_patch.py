@@ -303,52 +303,45 @@ def add_test_section(tag: Tag, name: str) -> None:
 # --------------------------------------------------------------------------
 # the series
 
-def p_debug_callback(tag: Tag):
-  tag.edit("jax/_src/debugging.py",
-           "  # If we can't save the debug callback (thanks to the policy) we listen to\n"
-           "  # the policy and stage out the debug callback.\n"
-           "  return eqn, eqn, [], [], []\n",
-           "  # If we can't save the debug callback (thanks to the policy) we listen to\n"
-           "  # the policy and stage out the debug callback. Known inputs it reads that\n"
-           "  # are not instantiated (e.g. a value the policy saves by name) are\n"
-           "  # residuals: the staged callback cannot recompute them.\n"
-           "  res = [v for v, inst in zip(eqn.invars, inst_in)\n"
-           "         if not inst and not isinstance(v, core.Literal)]\n"
-           "  return eqn, eqn, [], [], res\n")
-  add_test_section(tag, "fix-debug-callback")
-  return True
+# The independent fixes: (name, the feature that says the tag needs it or
+# None for every tag, file, text replaced, replacement). Each adds its test
+# section `fix-<name>`.
+FIXES = (
+    ("debug-callback", None, "jax/_src/debugging.py",
+     "  # If we can't save the debug callback (thanks to the policy) we listen to\n"
+     "  # the policy and stage out the debug callback.\n"
+     "  return eqn, eqn, [], [], []\n",
+     "  # If we can't save the debug callback (thanks to the policy) we listen to\n"
+     "  # the policy and stage out the debug callback. Known inputs it reads that\n"
+     "  # are not instantiated (e.g. a value the policy saves by name) are\n"
+     "  # residuals: the staged callback cannot recompute them.\n"
+     "  res = [v for v, inst in zip(eqn.invars, inst_in)\n"
+     "         if not inst and not isinstance(v, core.Literal)]\n"
+     "  return eqn, eqn, [], [], res\n"),
+    ("remat-dce", "dce_drops_effects", AC,
+     "      _has_effects(new_jaxpr.effects)):\n    return used_inputs, None",
+     "      not _has_effects(new_jaxpr.effects)):\n    return used_inputs, None"),
+    ("swap-transpose", "swap_accumulates_constants",
+     "jax/_src/state/primitives.py",
+     "    x.accum(x_bar)\nad.fancy_transposes[swap_p]",
+     "    if isinstance(x, ad.GradAccum):\n"
+     "      x.accum(x_bar)  # a constant x takes no cotangent; the ref's is "
+     "still swapped out\nad.fancy_transposes[swap_p]"),
+    ("closed-call", "closed_call_check_rejects_params", "jax/_src/core.py",
+     "def _check_closed_call(_, *in_atoms, call_jaxpr):\n",
+     "def _check_closed_call(_, *in_atoms, call_jaxpr, **params):\n"
+     "  del params  # e.g. the `name` of a closed_call retraced through its bind\n"),
+)
 
 
-def p_remat_dce(tag: Tag):
-  if not tag.features["dce_drops_effects"]:
-    return False
-  tag.edit(AC, "      _has_effects(new_jaxpr.effects)):\n    return used_inputs, None",
-           "      not _has_effects(new_jaxpr.effects)):\n    return used_inputs, None")
-  add_test_section(tag, "fix-remat-dce")
-  return True
-
-
-def p_swap_transpose(tag: Tag):
-  if not tag.features["swap_accumulates_constants"]:
-    return False
-  tag.edit("jax/_src/state/primitives.py",
-           "    x.accum(x_bar)\nad.fancy_transposes[swap_p]",
-           "    if isinstance(x, ad.GradAccum):\n"
-           "      x.accum(x_bar)  # a constant x takes no cotangent; the ref's is "
-           "still swapped out\nad.fancy_transposes[swap_p]")
-  add_test_section(tag, "fix-swap-transpose")
-  return True
-
-
-def p_closed_call(tag: Tag):
-  if not tag.features["closed_call_check_rejects_params"]:
-    return False
-  tag.edit("jax/_src/core.py",
-           "def _check_closed_call(_, *in_atoms, call_jaxpr):\n",
-           "def _check_closed_call(_, *in_atoms, call_jaxpr, **params):\n"
-           "  del params  # e.g. the `name` of a closed_call retraced through its bind\n")
-  add_test_section(tag, "fix-closed-call")
-  return True
+def fix(name, feature, path, old, new):
+  def make(tag: Tag):
+    if feature is not None and not tag.features[feature]:
+      return False
+    tag.edit(path, old, new)
+    add_test_section(tag, f"fix-{name}")
+    return True
+  return name, make
 
 
 VALUE_FORM_DOC = '''
@@ -544,10 +537,7 @@ FORBIDDEN_DEF = '''def _raise_forbidden_refs(jaxpr: core.Jaxpr):
 '''
 
 SERIES = (
-    ("debug-callback", p_debug_callback),
-    ("remat-dce", p_remat_dce),
-    ("swap-transpose", p_swap_transpose),
-    ("closed-call", p_closed_call),
+    *(fix(*f) for f in FIXES),
     ("value-form", p_value_form),
     ("remat3", p_remat3),
     ("ref-effects", p_modes),
