@@ -12,12 +12,13 @@ import pathlib
 
 PR_33050 = "https://github.com/jax-ml/jax/pull/33050"
 LINKS = f"""\
-Related: #33050 ({PR_33050}, "make remat work with external refs": the same
-default, effects once, with the entry value as a residual; it retraces the
-body when rematerializing), and upstream's `jax.new_ref(..., kind='no_grad_no_remat')`
-refs, which opt one ref out of differentiation and rematerialization
-altogether (this series needs no declaration: every ref gets the once
-semantics, and `kind` refs keep theirs).
+Related: #33050 ({PR_33050},
+"make remat work with external refs"): the same default, effects once, with
+the entry value as a residual, there by retracing the body when
+rematerializing; here the body is discharged once and every rule sees a pure
+remat. Refs made with `jax.new_ref(..., kind='no_grad_no_remat')` opt one ref
+out of differentiation and rematerialization by declaration; this series
+needs no declaration (such refs also give the no-remat answer under it).
 """
 
 SEED = """\
@@ -199,8 +200,15 @@ def write_all(out_tag: pathlib.Path, meta: dict) -> None:
              f"+{p['jax_added']} / -{p['jax_removed']} lines under jax/, "
              f"+{p['tests_added']} under tests/ (tests/remat_refs_test.py).\n")
     if results:
-      text += "\nTests with the whole series applied (pytest, JAX's own "
-      text += "pytest configuration):\n"
+      text += ("\nTests with the whole series applied (pytest from the tree's "
+               "root, JAX's own pytest configuration, warnings as errors), "
+               "against the pristine tag:\n")
       for name, r in results.get("suites", {}).items():
-        text += f"- {name}: {r}\n"
+        b = results.get("baseline", {}).get(name)
+        text += f"- {name}: {r['summary']}"
+        text += f" (pristine: {b['summary']})" if b else ""
+        text += (f"; new failures: {r['new_failures']}\n" if r["new_failures"]
+                 else "\n")
+      text += (f"- seed program: {results.get('seed_patched')} (pristine: "
+               f"{results.get('seed_pristine')})\n")
     (out_tag / f"PR-{p['patch'][:-len('.patch')]}.md").write_text(text)
