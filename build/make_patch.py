@@ -174,7 +174,8 @@ VALUE_FORM_DEFS = (
                  "warn_not_rematerialized")),
     ("_report", ("_SCOPE", "entry_read_scope")),
     ("_value_form", ("_CUSTOM_RULE_PRIMITIVES", "bind_value_form",
-                     "_has_ref_effects", "_value_form", "_merge_aliased_refs",
+                     "_has_ref_effects", "_makes_refs", "_value_form",
+                     "_merge_aliased_refs",
                      "_merged_jaxpr", "_custom_rule_on_refs")),
 )
 LOOP_DEFS = (("_loops", ("discharge_invariant_refs", "_read_only_directly")),)
@@ -193,6 +194,7 @@ PRIVATE = {
     "entry_read_scope": "_entry_read_scope", "_SCOPE": "_ENTRY_READ_SCOPE",
     "bind_value_form": "_remat_bind_value_form",
     "_value_form": "_remat_value_form",
+    "_makes_refs": "_makes_own_refs",
     "_CUSTOM_RULE_PRIMITIVES": "_CUSTOM_RULE_PRIMITIVES",
     "discharge_invariant_refs": "_discharge_invariant_refs",
     "_read_only_directly": "_refs_only_read_directly",

@@ -100,9 +100,21 @@ def bind_value_form(args, jaxpr, prevent_cse, differentiated, policy):
 
 
 def _has_ref_effects(jaxpr: core.Jaxpr) -> bool:
-  """Whether `jaxpr` reads or writes an input ref, or makes refs."""
-  return (any(ju.touched_ref_invars(jaxpr)) or
-          core.internal_mutable_array_effect in jaxpr.effects)
+  """Whether `jaxpr` reads or writes an input ref, or makes refs outside
+  custom_vjp/custom_jvp functions (refs those make and use inside are
+  theirs: the function is pure from outside)."""
+  return any(ju.touched_ref_invars(jaxpr)) or _makes_refs(jaxpr)
+
+
+def _makes_refs(jaxpr: core.Jaxpr) -> bool:
+  for eqn in jaxpr.eqns:
+    if (eqn.primitive in _CUSTOM_RULE_PRIMITIVES or
+        core.internal_mutable_array_effect not in eqn.effects):
+      continue
+    subs = list(ju.sub_jaxprs(eqn.params))
+    if not subs or any(_makes_refs(sub) for sub in subs):
+      return True
+  return False
 
 
 @weakref_lru_cache

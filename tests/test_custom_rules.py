@@ -83,6 +83,27 @@ class CustomVJPRefTest(jtu.JaxTestCase):
       return jax.grad(f, 1)(grads_ref, 1.), grads_ref[...]
     return prog
 
+  def test_custom_vjp_making_its_own_ref_in_a_loop(self):
+    # Refs a custom function makes and uses inside are its own: the body is
+    # pure from outside and is bound as it is (jax 0.10.0's discharge of
+    # such a body raised "AD after discharge").
+    @jax.custom_vjp
+    def double(x):
+      r = jax.new_ref(x)
+      r[...] = r[...] * 2.
+      return jax.freeze(r)
+    double.defvjp(lambda x: (double(x), None), lambda _, g: (2. * g,))
+    def prog(R):
+      @jax.jit
+      @R
+      def f(x):
+        return lax.fori_loop(0, 3, lambda i, x: jnp.sin(double(x)), x)
+      y, f_vjp = jax.vjp(f, 0.5)
+      return y, f_vjp(1.)
+    with warnings.catch_warnings():
+      warnings.simplefilter("error", RematRefWarning)
+      self.assertSameAsNoRemat(prog)
+
   def test_ref_passed_to_custom_vjp_stays_a_ref(self):
     # Only the backward rule writes it: value form leaves it a ref, the
     # remat stays (no warning), and the backward pass writes it once.
