@@ -476,16 +476,8 @@ def p_modes(tag: Tag):
     anchor = "\nenable_checks = bool_state("
   tag.edit("jax/_src/config.py", anchor, MODES_CONFIG + anchor)
   ac = tag.read(AC)
-  sig = re.search(r"def checkpoint\(fun: Callable, \*, prevent_cse: .*\n"
-                  r"(?:.*\n)*?.*\) -> Callable:\n", ac)
-  if sig is None:
-    raise SystemExit(f"{AC}: checkpoint's signature not found")
-  s = sig.group(0)
-  new_sig = s.replace(") -> Callable:\n",
-                      ",\n               ref_effects: str | None = None) -> Callable:\n")
-  if new_sig.count("ref_effects") != 1:
-    raise SystemExit("checkpoint's signature: unexpected form")
-  tag.edit(AC, s, new_sig)
+  _add_keyword(tag, r"def checkpoint\(fun: Callable, \*, prevent_cse: .*\n"
+               r"(?:.*\n)*?.*\) -> Callable:\n", " " * 15)
   tag.edit(AC, "  If ``fun`` involves Python control flow that depends on argument values,\n",
            "  ``ref_effects`` chooses what happens to the effects of ``fun`` on refs it\n"
            "  did not create (arguments or closed over): ``'once'`` runs them in the\n"
@@ -510,21 +502,31 @@ def p_modes(tag: Tag):
            "    if _has_refs(jaxpr) and (mode != 'replay' or not _takes_refs(jaxpr)):\n"
            "      out_flat = _remat_bind_value_form(\n")
   # remat: the alias passes ref_effects on.
-  m = re.search(r"def remat\(fun: Callable, \*, prevent_cse: bool = True,\n(?:.*\n)*?"
-                r"  return checkpoint\(fun, prevent_cse=prevent_cse, policy=policy,\n"
-                r"(?:.*\n)*?.*\)\n", ac)
-  if m is None:
-    raise SystemExit(f"{AC}: remat alias not found")
-  r = m.group(0)
-  r2 = r.replace(") -> Callable:\n",
-                 ",\n          ref_effects: str | None = None) -> Callable:\n")
-  r2 = re.sub(r"\)\n$", ", ref_effects=ref_effects)\n", r2)
-  tag.edit(AC, r, r2)
+  _add_keyword(tag, r"def remat\(fun: Callable, \*, prevent_cse: bool = True,\n"
+               r"(?:.*\n)*?  return checkpoint\(fun, prevent_cse=prevent_cse, "
+               r"policy=policy,\n(?:.*\n)*?.*\)\n", " " * 10,
+               pass_on=True)
   # the error, next to the value-form helpers
   tag.edit(AC, "def _remat_bind_value_form(",
            FORBIDDEN_DEF + "\n\ndef _remat_bind_value_form(")
   add_test_section(tag, "modes")
   return True
+
+
+def _add_keyword(tag: Tag, pattern: str, indent: str, pass_on=False) -> None:
+  """Add `ref_effects: str | None = None` to the signature matched by
+  `pattern` in ad_checkpoint.py (and pass it on in its last call)."""
+  m = re.search(pattern, tag.read(AC))
+  if m is None:
+    raise SystemExit(f"{AC}: no match for {pattern!r}")
+  old = m.group(0)
+  new = old.replace(") -> Callable:\n",
+                    f",\n{indent}ref_effects: str | None = None) -> Callable:\n")
+  if pass_on:
+    new = re.sub(r"\)\n$", ", ref_effects=ref_effects)\n", new)
+  if new.count("ref_effects") != 1 + 2 * pass_on:
+    raise SystemExit(f"{AC}: unexpected form of {old!r}")
+  tag.edit(AC, old, new)
 
 
 FORBIDDEN_DEF = '''def _raise_forbidden_refs(jaxpr: core.Jaxpr):
