@@ -39,8 +39,8 @@ be there exactly once.
 Outputs in --out (default build/out/patches): <tag>/NNNN-<name>.patch,
 <tag>/PR-NNNN-<name>.md, <tag>/series.json (line counts: jax/ and tests/
 apart). `--check` then, per tag: `git apply` of the series in order on a fresh
-export, and writes <tag>/check.sh, the command that runs JAX's own tests and
-the added tests on the patched tree (build/check_patch.sh runs it).
+export (into <tag>/tree). build/check_patch.py runs JAX's own tests and the
+added ones on that tree (`make patch-check`).
 """
 from __future__ import annotations
 
@@ -263,7 +263,6 @@ def translate(text: str, f: dict, discharge: str, prefix: str = "") -> str:
     text = re.sub(rf"(?<![\w.]){re.escape(old)}{follow}", new, text)
   text = text.replace("UPSTREAM_BIND(", "remat_p.bind(")
   text = text.replace("RematRefWarning", "UserWarning")
-  text = text.replace("from jax_remat_refs", "from jax._src")  # none expected
   return text
 
 
@@ -390,8 +389,6 @@ def p_value_form(tag: Tag):
   abc = re.search(r"^from collections.abc import (.*)$", ac, flags=re.M)
   if "Iterator" not in abc.group(1):
     tag.edit(AC, abc.group(0), abc.group(0) + ", Iterator")
-  if "from jax._src.lax import lax as lax_internal\n" in ac:
-    code = re.sub(r"\blax\.(\w+_p)\b", r"lax_internal.\1", code)
   tag.edit(AC,
            "    out_flat = remat_p.bind(\n"
            "        *consts, *args_flat, jaxpr=jaxpr, prevent_cse=cse, differentiated=False,\n"
