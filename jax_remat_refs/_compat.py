@@ -133,6 +133,26 @@ _EFFECT_HAS_VAR = "input_index" not in inspect.signature(
     effects.JaxprInputEffect.__init__).parameters
 
 
+# A discharge rule's first argument: `in_avals` (0.10.x), or a context that
+# carries them (`ctx.in_avals`, 0.11 and later).
+def discharge_rule_in_avals(first_arg):
+  return getattr(first_arg, "in_avals", first_arg)
+
+
+# `jax.new_ref(x, kind=...)`: a ref's kind, the owner's declaration of what AD
+# and remat do with it (JAX 0.10 and later have "no_grad_no_remat").
+NO_GRAD_NO_REMAT = "no_grad_no_remat"
+NEW_REF_TAKES_KIND = "kind" in inspect.signature(core.new_ref).parameters
+# The JVP rule of `addupdate` that makes the primal update only for refs of
+# the default kind: an update of a "no_grad_no_remat" ref is lost under AD.
+_ADDUPDATE_JVP_SRC = inspect.getsource(
+    ad.primitive_jvps[state_primitives.addupdate_p])
+ADDUPDATE_JVP_DROPS_NO_GRAD_UPDATE = (
+    NEW_REF_TAKES_KIND and
+    '!= "no_grad_no_remat"' in _ADDUPDATE_JVP_SRC and
+    _ADDUPDATE_JVP_SRC.count("addupdate_p.bind(ref_primal") == 1)
+
+
 def effect_var(effect, binders):
   """The var among `binders` (an equation's invars, or a jaxpr's constvars
   and invars) that a `JaxprInputEffect` is about."""

@@ -52,6 +52,35 @@ def raise_forbidden(jaxpr: core.Jaxpr) -> None:
       "'replay' (the rematerialization repeats them).")
 
 
+def raise_aliased(jaxpr: core.Jaxpr, first: int, again: int) -> None:
+  """JAX's own error for a ref passed to a function twice (the words `jit`,
+  and from JAX 0.11 `checkpoint`, use)."""
+  names = jaxpr.debug_info.arg_names if jaxpr.debug_info else None
+  name = lambda i: (names[i] if names is not None and i < len(names)
+                    else "unknown")
+  ty = jaxpr.invars[again].aval.str_short()
+  fun = _fun(jaxpr)
+  if not name(first) or not name(again):  # one of them is closed over
+    raise ValueError(
+        f"when tracing {fun} for checkpoint / remat, a mutable array "
+        f"reference of type {ty} was both closed over and passed as the "
+        f"argument {name(first) or name(again)}")
+  raise ValueError(
+      "only one reference to a mutable array may be passed as an argument to "
+      f"a function, but when tracing {fun} for checkpoint / remat the mutable "
+      f"array reference of type {ty} appeared at both {name(first)} and "
+      f"{name(again)}.")
+
+
+def raise_aliased_nested(jaxpr: core.Jaxpr, eqn) -> None:
+  raise RematRefError(
+      f"jax.remat: one ref reaches {_fun(jaxpr)} at two inputs (allowed here "
+      "because jax_mutable_array_checks is off) and the body passes it on "
+      f"under both names to a {eqn.primitive} call at {_where(eqn)}, which "
+      "would see two refs and lose the writes made through one of them. "
+      "Pass the ref once.")
+
+
 def raise_read_only_written(jaxpr: core.Jaxpr, i: int, kinds) -> None:
   raise RematRefError(
       f"jax.remat: {_fun(jaxpr)} writes the {describe_input(jaxpr, i)}, which "

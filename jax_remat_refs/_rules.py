@@ -11,6 +11,15 @@
   accumulates into a constant swapped-in value (0.10.x), one that does not;
   where `closed_call`'s type check rejects the `name` a retraced call
   carries (0.10.x, with `jax_enable_checks`), one that ignores it.
+* the discharge rules of `get`, `swap` and `addupdate`: on a ref of kind
+  ``"no_grad_no_remat"`` the values they produce take no gradient, which is
+  what the same program gives before discharge (no tangent ever flows through
+  such a ref). Value form discharges a remat body's refs before AD, so this
+  keeps the kind's meaning under remat.
+* where the JVP of `addupdate` drops the update of a ``"no_grad_no_remat"``
+  ref altogether (0.10.x - 0.12.x: under `grad`, `jax.ref.addupdate` into
+  such a ref is lost, also without remat), one that makes the update and
+  gives it no tangent.
 * the residual report (`_report`) names values read from refs at remat entry.
 """
 from __future__ import annotations
@@ -21,6 +30,8 @@ from jax._src import core
 from jax._src import debugging
 from jax._src.interpreters import ad
 from jax._src.interpreters import partial_eval as pe
+from jax._src.lax import lax
+from jax._src.state import discharge as state_discharge
 from jax._src.state import primitives as state_primitives
 
 from jax_remat_refs import _compat
@@ -35,6 +46,11 @@ UPSTREAM_SWAP_TRANSPOSE = ad.fancy_transposes[state_primitives.swap_p]
 UPSTREAM_CLOSED_CALL_CHECK = core.custom_typechecks[core.closed_call_p]
 UPSTREAM_CALLBACK_PARTIAL_EVAL_CUSTOM = pe.partial_eval_jaxpr_custom_rules[
     debugging.debug_callback_p]
+_REF_ACCESS = (state_primitives.get_p, state_primitives.swap_p,
+               state_primitives.addupdate_p)
+UPSTREAM_ADDUPDATE_JVP = ad.primitive_jvps[state_primitives.addupdate_p]
+UPSTREAM_ACCESS_DISCHARGE = {p: state_discharge._discharge_rules[p]
+                             for p in _REF_ACCESS}
 
 
 def remat_dce(used_outputs, eqn):
@@ -79,6 +95,29 @@ def callback_partial_eval_custom(saveable, unks_in, inst_in, eqn):
   return known, staged, unks_out, inst_out, res
 
 
+def no_grad_discharge_rule(upstream):
+  """`upstream`, a discharge rule of a ref access, whose values (the value
+  read, the ref's new value) take no gradient when the ref's kind is
+  ``"no_grad_no_remat"``."""
+  def rule(first, *args, **params):
+    new_invals, outs = upstream(first, *args, **params)
+    ref_aval = _compat.discharge_rule_in_avals(first)[0]
+    if getattr(ref_aval, "kind", None) == _compat.NO_GRAD_NO_REMAT:
+      new_invals, outs = lax.stop_gradient((new_invals, outs))
+    return new_invals, outs
+  return rule
+
+
+def addupdate_jvp(primals, tangents, **params):
+  """JAX's `addupdate` JVP, except that an update of a ``"no_grad_no_remat"``
+  ref is made (without a tangent) rather than dropped."""
+  ref, x, *idx = primals
+  if getattr(core.typeof(ref), "kind", None) == _compat.NO_GRAD_NO_REMAT:
+    state_primitives.addupdate_p.bind(ref, x, *idx, **params)
+    return [], []
+  return UPSTREAM_ADDUPDATE_JVP(primals, tangents, **params)
+
+
 def install() -> None:
   remat_p.bind = _value_form.remat_bind
   _loops.install()
@@ -91,6 +130,11 @@ def install() -> None:
     ad.fancy_transposes[state_primitives.swap_p] = swap_transpose
   if not _compat.CLOSED_CALL_CHECK_TAKES_PARAMS:
     core.custom_typechecks[core.closed_call_p] = closed_call_typecheck
+  if _compat.NEW_REF_TAKES_KIND:
+    if _compat.ADDUPDATE_JVP_DROPS_NO_GRAD_UPDATE:
+      ad.primitive_jvps[state_primitives.addupdate_p] = addupdate_jvp
+    for p, upstream in UPSTREAM_ACCESS_DISCHARGE.items():
+      state_discharge._discharge_rules[p] = no_grad_discharge_rule(upstream)
 
 
 def uninstall() -> None:
@@ -102,3 +146,5 @@ def uninstall() -> None:
   pe.dce_rules[remat_p] = UPSTREAM_DCE
   ad.fancy_transposes[state_primitives.swap_p] = UPSTREAM_SWAP_TRANSPOSE
   core.custom_typechecks[core.closed_call_p] = UPSTREAM_CLOSED_CALL_CHECK
+  state_discharge._discharge_rules.update(UPSTREAM_ACCESS_DISCHARGE)
+  ad.primitive_jvps[state_primitives.addupdate_p] = UPSTREAM_ADDUPDATE_JVP

@@ -17,7 +17,12 @@ takes any other ref-effectful equation (cond, scan, jit, a ``"replay"``
 remat) through JAX's own discharge rules.
 
 Two things value form cannot express are handled before it:
-* the same ref passed twice (aliased inputs) is merged into one input;
+* the same ref reaching the body at two inputs (passed twice, or closed over
+  and passed) is JAX's aliasing error, as for `jit` (and for `checkpoint`
+  itself from JAX 0.11); with `jax_mutable_array_checks` off the two inputs
+  are merged into one, and a body that hands the ref on to a nested call
+  (a loop, a jit) under both names is a `RematRefError`, since that call
+  would see two refs;
 * a `custom_vjp` / `custom_jvp` function whose primal reads or writes a ref
   has no discharged form that keeps its custom rule; such a remat body runs
   without remat (as if undecorated: effects once, residuals saved) and a
@@ -26,6 +31,7 @@ Two things value form cannot express are handled before it:
 from __future__ import annotations
 
 from jax._src import ad_checkpoint as ac
+from jax._src import config
 from jax._src import core
 from jax._src import custom_derivatives
 from jax._src import linear_util as lu
@@ -140,16 +146,28 @@ def _merge_aliased_refs(args, jaxpr, prevent_cse):
   first = {}
   index = []
   for i, a in enumerate(args):
-    key = id(a) if ju.is_ref(jaxpr.invars[i]) else ("arg", i)
+    key = (id(core.get_referent(a)) if ju.is_ref(jaxpr.invars[i])
+           else ("arg", i))
     index.append(first.setdefault(key, i))
   if index == list(range(len(args))):
     return args, jaxpr, prevent_cse
+  if config.mutable_array_checks.value:
+    i = next(i for i, j in enumerate(index) if j != i)
+    _errors.raise_aliased(jaxpr, index[i], i)
   kept = sorted(set(index))
   merged = _merged_jaxpr(jaxpr, tuple(kept.index(j) for j in index))
+  shared = ju.find_eqn(merged, _takes_a_ref_twice, nested=False)
+  if shared is not None:
+    _errors.raise_aliased_nested(jaxpr, shared)
   args = tuple(args[i] for i in kept)
   if isinstance(prevent_cse, tuple):
     prevent_cse = tuple(prevent_cse[i] for i in kept)
   return args, merged, prevent_cse
+
+
+def _takes_a_ref_twice(eqn) -> bool:
+  refs = [v for v in eqn.invars if isinstance(v, core.Var) and ju.is_ref(v)]
+  return len(set(refs)) < len(refs)
 
 
 @weakref_lru_cache
