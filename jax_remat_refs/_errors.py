@@ -40,14 +40,15 @@ def _fun(jaxpr: core.Jaxpr) -> str:
   return jaxpr.debug_info.func_src_info if jaxpr.debug_info else "the function"
 
 
-def raise_forbidden(jaxpr: core.Jaxpr) -> None:
-  i = ju.touched_ref_invars(jaxpr).index(True)
+def raise_forbidden(jaxpr: core.Jaxpr, i: int) -> None:
   raise RematRefError(
       f"jax.remat(ref_effects='forbid'): {_fun(jaxpr)} touches a ref it did "
       f"not create, the {describe_input(jaxpr, i)}; first access at "
       f"{_where(ju.first_access(jaxpr, jaxpr.invars[i]))}. With "
       "ref_effects='forbid' a remat-decorated function may only use refs it "
-      "creates itself. Pass the value instead of the ref, or choose "
+      "creates itself, or refs made with kind='no_grad_no_remat' (whose "
+      "effects are forward-only by declaration). Pass the value instead of "
+      "the ref, or choose "
       "ref_effects='once' (effects happen in the forward pass only) or "
       "'replay' (the rematerialization repeats them).")
 

@@ -75,13 +75,13 @@ def sub_jaxprs(params) -> Iterator[core.Jaxpr]:
         yield _compat.open_closed(v)[0]
 
 
-def find_eqn(jaxpr: core.Jaxpr, pred, nested=True) -> core.JaxprEqn | None:
-  """The first equation of `jaxpr` (or of a jaxpr nested in it) satisfying
+def find_eqn(jaxpr: core.Jaxpr, pred) -> core.JaxprEqn | None:
+  """The first equation of `jaxpr` or of a jaxpr nested in it satisfying
   `pred`, in program order."""
   for eqn in jaxpr.eqns:
     if pred(eqn):
       return eqn
-    for sub in (sub_jaxprs(eqn.params) if nested else ()):
+    for sub in sub_jaxprs(eqn.params):
       found = find_eqn(sub, pred)
       if found is not None:
         return found

@@ -62,8 +62,8 @@ def remat_bind(*args, jaxpr, prevent_cse, differentiated, policy):
                          differentiated=differentiated,
                          policy=sem.unwrap_policy(policy))
   mode = sem.mode_of(policy) if ju.takes_refs(jaxpr) else sem.ONCE
-  if mode == sem.FORBID and any(ju.touched_ref_invars(jaxpr)):
-    _errors.raise_forbidden(jaxpr)
+  if mode == sem.FORBID and any(_replayable_ref_invars(jaxpr)):
+    _errors.raise_forbidden(jaxpr, _replayable_ref_invars(jaxpr).index(True))
   if mode == sem.REPLAY:
     return UPSTREAM_BIND(*args, jaxpr=jaxpr, prevent_cse=prevent_cse,
                          differentiated=differentiated,
@@ -71,6 +71,14 @@ def remat_bind(*args, jaxpr, prevent_cse, differentiated, policy):
   _read_only.check_not_written(jaxpr)
   return bind_value_form(args, jaxpr, prevent_cse, differentiated,
                          sem.unwrap_policy(policy))
+
+
+def _replayable_ref_invars(jaxpr: core.Jaxpr) -> list[bool]:
+  """For each input of `jaxpr`: a ref that the body reads or writes and whose
+  kind leaves its remat semantics to the remat (every kind but
+  ``"no_grad_no_remat"``, whose owner declared its effects forward-only)."""
+  return [t and getattr(v.aval, "kind", None) != _compat.NO_GRAD_NO_REMAT
+          for t, v in zip(ju.touched_ref_invars(jaxpr), jaxpr.invars)]
 
 
 def bind_value_form(args, jaxpr, prevent_cse, differentiated, policy):
@@ -154,20 +162,18 @@ def _merge_aliased_refs(args, jaxpr, prevent_cse):
   if config.mutable_array_checks.value:
     i = next(i for i, j in enumerate(index) if j != i)
     _errors.raise_aliased(jaxpr, index[i], i)
+  name = {v: jaxpr.invars[j] for v, j in zip(jaxpr.invars, index)}
+  for eqn in jaxpr.eqns:
+    refs = [name.get(v, v) for v in eqn.invars
+            if isinstance(v, core.Var) and ju.is_ref(v)]
+    if len(set(refs)) < len(refs):
+      _errors.raise_aliased_nested(jaxpr, eqn)
   kept = sorted(set(index))
   merged = _merged_jaxpr(jaxpr, tuple(kept.index(j) for j in index))
-  shared = ju.find_eqn(merged, _takes_a_ref_twice, nested=False)
-  if shared is not None:
-    _errors.raise_aliased_nested(jaxpr, shared)
   args = tuple(args[i] for i in kept)
   if isinstance(prevent_cse, tuple):
     prevent_cse = tuple(prevent_cse[i] for i in kept)
   return args, merged, prevent_cse
-
-
-def _takes_a_ref_twice(eqn) -> bool:
-  refs = [v for v in eqn.invars if isinstance(v, core.Var) and ju.is_ref(v)]
-  return len(set(refs)) < len(refs)
 
 
 @weakref_lru_cache
