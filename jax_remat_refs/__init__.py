@@ -18,8 +18,7 @@ _tbu.register_exclusion(_os.path.dirname(__file__))
 
 _compat.check_jax_version()
 
-from jax_remat_refs import _remat3  # noqa: E402
-from jax_remat_refs import _rules  # noqa: E402
+from jax_remat_refs import _install  # noqa: E402
 from jax_remat_refs._errors import RematRefError, RematRefWarning  # noqa: E402
 from jax_remat_refs._read_only import read_only_ref, READ_ONLY_KIND  # noqa: E402
 from jax_remat_refs._semantics import MODES, ONCE, REPLAY, FORBID  # noqa: E402
@@ -37,16 +36,14 @@ def activate() -> None:
   upstream patch (`make patch`) has them already: nothing is installed."""
   global _active
   if not _compat.JAX_HAS_VALUE_FORM:
-    _rules.install()
-    _remat3.install()
+    _install.install()
   _active = True
 
 
 def deactivate() -> None:
   """Restore upstream JAX's remat rules (idempotent)."""
   global _active
-  _rules.uninstall()
-  _remat3.uninstall()
+  _install.uninstall()
   _active = False
 
 

@@ -1,26 +1,24 @@
-"""What the package installs into JAX, and how it is undone.
+"""Fixes of JAX rules that remat with refs reaches (also in programs without
+remat or without refs), as (owner, key, replacement) entries for `_install`.
 
-* `remat_p.bind` -> `_value_form.remat_bind`: a remat whose body has refs is
-  bound in value form (reads at entry, a pure remat, write-back).
-* `loops._scan_known_hoisting` -> `_loops.scan_known_hoisting`: reads of refs
-  a scan never writes are hoisted out of the loop like array consts.
-* fixes of JAX rules that remat reaches, also in programs without refs:
-  `debug_callback`'s partial-eval rule (a callback on a value saved by name:
-  `KeyError`); where JAX's `remat_dce` drops effectful remats whose outputs
-  are unused (0.10.x), a DCE rule that keeps them; where the `swap` transpose
-  accumulates into a constant swapped-in value (0.10.x), one that does not;
-  where `closed_call`'s type check rejects the `name` a retraced call
-  carries (0.10.x, with `jax_enable_checks`), one that ignores it.
+* `debug_callback`'s partial-eval rule: a callback replayed in the remat gets
+  the inputs that the policy saved (upstream: `KeyError` with names policies,
+  pure code too).
+* `remat_p`'s DCE rule, where it drops effectful remats whose outputs are
+  unused (0.10.x): one that keeps them.
+* the `swap` transpose, where it accumulates into a constant swapped-in value
+  (0.10.x): one that does not.
+* `closed_call`'s type check, where it rejects the `name` a retraced call
+  carries (0.10.x, with `jax_enable_checks`): one that ignores it.
 * the discharge rules of `get`, `swap` and `addupdate`: on a ref of kind
   ``"no_grad_no_remat"`` the values they produce take no gradient, which is
   what the same program gives before discharge (no tangent ever flows through
   such a ref). Value form discharges a remat body's refs before AD, so this
   keeps the kind's meaning under remat.
-* where the JVP of `addupdate` drops the update of a ``"no_grad_no_remat"``
-  ref altogether (0.10.x - 0.12.x: under `grad`, `jax.ref.addupdate` into
-  such a ref is lost, also without remat), one that makes the update and
-  gives it no tangent.
-* the residual report (`_report`) names values read from refs at remat entry.
+* the JVP of `addupdate`, where it drops the update of a
+  ``"no_grad_no_remat"`` ref altogether (0.10.x - 0.12.x: under `grad`,
+  `jax.ref.addupdate` into such a ref is lost, also without remat): one that
+  makes the update and gives it no tangent.
 """
 from __future__ import annotations
 
@@ -35,9 +33,6 @@ from jax._src.state import discharge as state_discharge
 from jax._src.state import primitives as state_primitives
 
 from jax_remat_refs import _compat
-from jax_remat_refs import _loops
-from jax_remat_refs import _report
-from jax_remat_refs import _value_form
 
 remat_p = ac.remat_p
 
@@ -118,33 +113,22 @@ def addupdate_jvp(primals, tangents, **params):
   return UPSTREAM_ADDUPDATE_JVP(primals, tangents, **params)
 
 
-def install() -> None:
-  remat_p.bind = _value_form.remat_bind
-  _loops.install()
-  _report.install()
-  pe.partial_eval_jaxpr_custom_rules[debugging.debug_callback_p] = \
-      callback_partial_eval_custom
+def entries():
+  """(owner, key, replacement): `owner[key]` for a rule table, else the
+  attribute `key` of `owner`."""
+  out = [(pe.partial_eval_jaxpr_custom_rules, debugging.debug_callback_p,
+          callback_partial_eval_custom)]
   if not _compat.DCE_RULE_KEEPS_EFFECTS:
-    pe.dce_rules[remat_p] = remat_dce
+    out.append((pe.dce_rules, remat_p, remat_dce))
   if not _compat.SWAP_TRANSPOSE_CHECKS_CONSTANT:
-    ad.fancy_transposes[state_primitives.swap_p] = swap_transpose
+    out.append((ad.fancy_transposes, state_primitives.swap_p, swap_transpose))
   if not _compat.CLOSED_CALL_CHECK_TAKES_PARAMS:
-    core.custom_typechecks[core.closed_call_p] = closed_call_typecheck
+    out.append((core.custom_typechecks, core.closed_call_p,
+                closed_call_typecheck))
   if _compat.NEW_REF_TAKES_KIND:
-    if _compat.ADDUPDATE_JVP_DROPS_NO_GRAD_UPDATE:
-      ad.primitive_jvps[state_primitives.addupdate_p] = addupdate_jvp
-    for p, upstream in UPSTREAM_ACCESS_DISCHARGE.items():
-      state_discharge._discharge_rules[p] = no_grad_discharge_rule(upstream)
-
-
-def uninstall() -> None:
-  remat_p.bind = _value_form.UPSTREAM_BIND
-  _loops.uninstall()
-  _report.uninstall()
-  pe.partial_eval_jaxpr_custom_rules[debugging.debug_callback_p] = \
-      UPSTREAM_CALLBACK_PARTIAL_EVAL_CUSTOM
-  pe.dce_rules[remat_p] = UPSTREAM_DCE
-  ad.fancy_transposes[state_primitives.swap_p] = UPSTREAM_SWAP_TRANSPOSE
-  core.custom_typechecks[core.closed_call_p] = UPSTREAM_CLOSED_CALL_CHECK
-  state_discharge._discharge_rules.update(UPSTREAM_ACCESS_DISCHARGE)
-  ad.primitive_jvps[state_primitives.addupdate_p] = UPSTREAM_ADDUPDATE_JVP
+    out += [(state_discharge._discharge_rules, p, no_grad_discharge_rule(rule))
+            for p, rule in UPSTREAM_ACCESS_DISCHARGE.items()]
+  if _compat.ADDUPDATE_JVP_DROPS_NO_GRAD_UPDATE:
+    out.append((ad.primitive_jvps, state_primitives.addupdate_p,
+                addupdate_jvp))
+  return out

@@ -74,11 +74,3 @@ def _read_only_directly(body) -> set:
     if eqn.primitive is not state_primitives.get_p:
       refs.difference_update(v for v in eqn.invars if isinstance(v, core.Var))
   return refs
-
-
-def install():
-  loops._scan_known_hoisting = scan_known_hoisting
-
-
-def uninstall():
-  loops._scan_known_hoisting = UPSTREAM_HOISTING

@@ -60,13 +60,3 @@ def saved_residuals(f, *args, **kwargs):
   refs (upstream's returned-ref check rejects the vjp closure otherwise)."""
   with config.mutable_array_checks(False):
     return UPSTREAM_SAVED_RESIDUALS_API(f, *args, **kwargs)
-
-
-def install():
-  ac._saved_residuals = saved_residuals_with_refs
-  ac.saved_residuals = saved_residuals
-
-
-def uninstall():
-  ac._saved_residuals = UPSTREAM_SAVED_RESIDUALS
-  ac.saved_residuals = UPSTREAM_SAVED_RESIDUALS_API

@@ -47,7 +47,7 @@ from jax_remat_refs import _report
 from jax_remat_refs import _semantics as sem
 
 remat_p = ac.remat_p
-UPSTREAM_BIND = remat_p.bind
+UPSTREAM_BIND = _compat.UPSTREAM_REMAT_BIND
 
 _CUSTOM_RULE_PRIMITIVES = (custom_derivatives.custom_vjp_call_p,
                            custom_derivatives.custom_jvp_call_p)

@@ -12,7 +12,7 @@ from jax._src.interpreters import partial_eval as pe
 
 import jax_remat_refs  # noqa: F401  (activates the patch)
 from jax_remat_refs import _compat
-from jax_remat_refs import _rules
+from jax_remat_refs import _fixes
 
 
 class VersionGateTest(jtu.JaxTestCase):
@@ -43,10 +43,10 @@ class VersionGateTest(jtu.JaxTestCase):
 class FeatureProbeTest(jtu.JaxTestCase):
 
   def test_dce_rule_probe_reads_the_rule(self):
-    takes = "live_ins" in inspect.signature(_rules.UPSTREAM_DCE).parameters
+    takes = "live_ins" in inspect.signature(_fixes.UPSTREAM_DCE).parameters
     self.assertEqual(_compat.DCE_RULE_KEEPS_EFFECTS, takes)
     # Only an old-form rule is replaced.
-    self.assertEqual(pe.dce_rules[ac.remat_p] is _rules.UPSTREAM_DCE, takes)
+    self.assertEqual(pe.dce_rules[ac.remat_p] is _fixes.UPSTREAM_DCE, takes)
 
 
 class JaxRuleFixesTest(jtu.JaxTestCase):
