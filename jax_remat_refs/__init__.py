@@ -20,7 +20,6 @@ _compat.check_jax_version()
 
 from jax_remat_refs import _install  # noqa: E402
 from jax_remat_refs._errors import RematRefError, RematRefWarning  # noqa: E402
-from jax_remat_refs._read_only import read_only_ref, READ_ONLY_KIND  # noqa: E402
 from jax_remat_refs._semantics import MODES, ONCE, REPLAY, FORBID  # noqa: E402
 from jax_remat_refs.api import (  # noqa: E402
     checkpoint, remat, ref_effects_default, set_ref_effects_default,

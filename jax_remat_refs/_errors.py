@@ -82,14 +82,6 @@ def raise_aliased_nested(jaxpr: core.Jaxpr, eqn) -> None:
       "Pass the ref once.")
 
 
-def raise_read_only_written(jaxpr: core.Jaxpr, i: int, kinds) -> None:
-  raise RematRefError(
-      f"jax.remat: {_fun(jaxpr)} writes the {describe_input(jaxpr, i)}, which "
-      "was declared read-only with jax_remat_refs.read_only_ref; first write at "
-      f"{_where(ju.first_access(jaxpr, jaxpr.invars[i], kinds))}. Make it with "
-      "jax.new_ref instead.")
-
-
 def warn_not_rematerialized(jaxpr: core.Jaxpr, eqn) -> None:
   fun, where = _fun(jaxpr), _where(eqn)
   message = (

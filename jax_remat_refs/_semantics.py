@@ -24,6 +24,8 @@ from typing import Any, Callable
 
 from jax._src import config as jax_config
 
+from jax_remat_refs import _compat
+
 ONCE, REPLAY, FORBID = "once", "replay", "forbid"
 MODES = (ONCE, REPLAY, FORBID)
 ENV_VAR = "JAX_REMAT_REF_EFFECTS"
@@ -48,20 +50,16 @@ def _default_from_env() -> str:
     raise ValueError(f"environment variable {ENV_VAR}: {e}") from None
 
 
-if hasattr(jax_config, "remat_ref_effects"):  # JAX with the ref-effects patch
+if _compat.JAX_HAS_REF_EFFECTS_OPTION:  # a JAX carrying the upstream series
   ref_effects_default = jax_config.remat_ref_effects
-elif getattr(jax_config.config, "jax_remat_ref_effects", None) is None:
-  ref_effects_default = jax_config.enum_state(
+else:
+  ref_effects_default = _compat.enum_state_in_trace_context(
       name="jax_remat_ref_effects",
       enum_values=list(MODES),
       default=_default_from_env(),
       help=("What jax.remat does with its body's effects on external refs: "
             "'once' (forward pass only), 'replay' (upstream behaviour) or "
-            "'forbid' (error). Set by jax_remat_refs."),
-      include_in_jit_key=True,
-      include_in_trace_context=True)
-else:  # the module was reloaded: the option is registered already
-  ref_effects_default = jax_config._read("jax_remat_ref_effects")  # pragma: no cover
+            "'forbid' (error). Set by jax_remat_refs."))
 
 
 def default_mode() -> str:
@@ -97,11 +95,9 @@ class RefEffectsPolicy:
     return f"RefEffects({self.mode!r}, policy={base})"
 
 
-def wrap_policy(mode: str | None, policy):
-  """The policy param for a remat with an explicit `mode` (None: default)."""
-  if mode is None:
-    return policy
-  return RefEffectsPolicy(mode, unwrap_policy(policy))
+def replay_policy(policy):
+  """The policy param of a ``"replay"`` remat with `policy`."""
+  return RefEffectsPolicy(REPLAY, unwrap_policy(policy))
 
 
 def unwrap_policy(policy):

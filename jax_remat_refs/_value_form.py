@@ -42,7 +42,6 @@ from jax._src.state import primitives as state_primitives
 from jax_remat_refs import _compat
 from jax_remat_refs import _errors
 from jax_remat_refs import _jaxpr_util as ju
-from jax_remat_refs import _read_only
 from jax_remat_refs import _report
 from jax_remat_refs import _semantics as sem
 
@@ -67,8 +66,7 @@ def remat_bind(*args, jaxpr, prevent_cse, differentiated, policy):
   if mode == sem.REPLAY:
     return UPSTREAM_BIND(*args, jaxpr=jaxpr, prevent_cse=prevent_cse,
                          differentiated=differentiated,
-                         policy=sem.wrap_policy(sem.REPLAY, policy))
-  _read_only.check_not_written(jaxpr)
+                         policy=sem.replay_policy(policy))
   return bind_value_form(args, jaxpr, prevent_cse, differentiated,
                          sem.unwrap_policy(policy))
 
