@@ -113,8 +113,7 @@ def main(argv=None) -> int:
     report.update(json.loads(info[-1]) if info else dict(error=out[-300:]))
     ok &= rc == 0
 
-    rc, out = _run([py, "-m", "jax_remat_refs.demo", "--seed-only"], log, 120,
-                   env)
+    rc, out = _run([py, "examples/demo.py", "--seed-only"], log, 120, env)
     m = re.search(r"grad ([-\d.]+), ref ([-\d.]+)", out)
     report["seed_program"] = dict(
         grad=float(m[1]) if m else None, ref=float(m[2]) if m else None,

@@ -73,6 +73,15 @@ def raise_aliased(jaxpr: core.Jaxpr, first: int, again: int) -> None:
       f"{name(again)}.")
 
 
+def raise_frozen_input(jaxpr: core.Jaxpr, eqn) -> None:
+  i = jaxpr.invars.index(eqn.invars[0])
+  raise RematRefError(
+      f"jax.remat: {_fun(jaxpr)} freezes the {describe_input(jaxpr, i)}, a "
+      f"ref it did not create, at {_where(eqn)}. A remat body (like a jit "
+      "body) may freeze only refs it makes; read the value with r[...] "
+      "instead.")
+
+
 def raise_aliased_nested(jaxpr: core.Jaxpr, eqn) -> None:
   raise RematRefError(
       f"jax.remat: one ref reaches {_fun(jaxpr)} at two inputs (allowed here "

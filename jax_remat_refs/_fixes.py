@@ -5,20 +5,29 @@ remat or without refs), as (owner, key, replacement) entries for `_install`.
   the inputs that the policy saved (upstream: `KeyError` with names policies,
   pure code too).
 * `remat_p`'s DCE rule, where it drops effectful remats whose outputs are
-  unused (0.10.x): one that keeps them.
+  unused (0.7.2 - 0.11.x): one that keeps them.
 * the `swap` transpose, where it accumulates into a constant swapped-in value
-  (0.10.x): one that does not.
+  (0.7.2 - 0.10.x): one that does not.
 * `closed_call`'s type check, where it rejects the `name` a retraced call
-  carries (0.10.x, with `jax_enable_checks`): one that ignores it.
+  carries (0.7.2 - 0.10.x, with `jax_enable_checks`): one that ignores it.
 * the discharge rules of `get`, `swap` and `addupdate`: on a ref of kind
   ``"no_grad_no_remat"`` the values they produce take no gradient, which is
   what the same program gives before discharge (no tangent ever flows through
   such a ref). Value form discharges a remat body's refs before AD, so this
   keeps the kind's meaning under remat.
+* `jit`'s abstract eval and type check, where they index its jaxpr's
+  effects on inputs past the equation's inputs when the jaxpr has constvars
+  (0.7.x: a remat around a jit that closes over an array lost the jit's ref
+  writes): ones that shift them past the constvars, as 0.8 and later do.
+* the JVP of `while`, where it fails on a cond jaxpr whose arg names are
+  unknown (0.7.x - 0.9.x), as the cond jaxprs of JAX's state discharge are:
+  one that gives such a cond jaxpr empty names first.
 * the JVP of `addupdate`, where it drops the update of a
   ``"no_grad_no_remat"`` ref altogether (0.10.x - 0.12.x: under `grad`,
-  `jax.ref.addupdate` into such a ref is lost, also without remat): one that
-  makes the update and gives it no tangent.
+  `jax.ref.addupdate` into such a ref is lost, also without remat), or
+  raises a TypeError for an update that carries no tangent into a ref that
+  has none (where `r[...] += v` works): one that makes such updates without a
+  tangent.
 """
 from __future__ import annotations
 
@@ -26,9 +35,12 @@ from jax._src import ad_checkpoint as ac
 from jax._src import ad_util
 from jax._src import core
 from jax._src import debugging
+from jax._src import effects
+from jax._src import pjit
 from jax._src.interpreters import ad
 from jax._src.interpreters import partial_eval as pe
 from jax._src.lax import lax
+from jax._src.lax.control_flow import loops
 from jax._src.state import discharge as state_discharge
 from jax._src.state import primitives as state_primitives
 
@@ -44,6 +56,9 @@ UPSTREAM_CALLBACK_PARTIAL_EVAL_CUSTOM = pe.partial_eval_jaxpr_custom_rules[
 _REF_ACCESS = (state_primitives.get_p, state_primitives.swap_p,
                state_primitives.addupdate_p)
 UPSTREAM_ADDUPDATE_JVP = ad.primitive_jvps[state_primitives.addupdate_p]
+UPSTREAM_JIT_ABSTRACT_EVAL = pjit.jit_p.abstract_eval
+UPSTREAM_JIT_TYPECHECK = core.custom_typechecks[pjit.jit_p]
+UPSTREAM_WHILE_JVP = ad.primitive_jvps[loops.while_p]
 UPSTREAM_ACCESS_DISCHARGE = {p: state_discharge._discharge_rules[p]
                              for p in _REF_ACCESS}
 
@@ -105,12 +120,52 @@ def no_grad_discharge_rule(upstream):
 
 def addupdate_jvp(primals, tangents, **params):
   """JAX's `addupdate` JVP, except that an update of a ``"no_grad_no_remat"``
-  ref is made (without a tangent) rather than dropped."""
+  ref, or one where neither the ref nor the value has a tangent, is made
+  without a tangent (rather than dropped, or a TypeError)."""
   ref, x, *idx = primals
-  if getattr(core.typeof(ref), "kind", None) == _compat.NO_GRAD_NO_REMAT:
+  ref_dot, x_dot, *_ = tangents
+  no_tangent = (type(ref_dot) is ad_util.Zero and
+                type(x_dot) is ad_util.Zero)
+  if (no_tangent or
+      getattr(core.typeof(ref), "kind", None) == _compat.NO_GRAD_NO_REMAT):
     state_primitives.addupdate_p.bind(ref, x, *idx, **params)
     return [], []
   return UPSTREAM_ADDUPDATE_JVP(primals, tangents, **params)
+
+
+def _past_constvars(effs, jaxpr: core.Jaxpr):
+  """A jaxpr's effects, those on inputs indexed into the inputs of an
+  equation that calls it: past the jaxpr's constvars, which it does not take."""
+  n = len(jaxpr.constvars)
+  return {e.replace(input_index=e.input_index - n)
+          if n and isinstance(e, effects.JaxprInputEffect) else e for e in effs}
+
+
+def jit_abstract_eval(*args, jaxpr, **params):
+  """jax 0.7.x's `jit` abstract eval, with the effects on inputs indexed into
+  the equation's inputs."""
+  out_avals, effs = UPSTREAM_JIT_ABSTRACT_EVAL(*args, jaxpr=jaxpr, **params)
+  return out_avals, _past_constvars(effs, jaxpr.jaxpr)
+
+
+def jit_typecheck(ctx_factory, *in_atoms, jaxpr, **params):
+  """jax 0.7.x's `jit` type check, with the effects on inputs indexed into
+  the equation's inputs."""
+  out_type, effs = UPSTREAM_JIT_TYPECHECK(ctx_factory, *in_atoms, jaxpr=jaxpr,
+                                          **params)
+  return out_type, _past_constvars(effs, jaxpr.jaxpr)
+
+
+def while_jvp(primals, tangents, *, cond_jaxpr, **params):
+  """JAX's `while` JVP, on a cond jaxpr whose unknown arg names (JAX's state
+  discharge makes such jaxprs) are replaced by empty ones, which it can
+  extend."""
+  dbg = cond_jaxpr.jaxpr.debug_info
+  if dbg is not None and dbg.arg_names is None:
+    names = ("",) * len(cond_jaxpr.jaxpr.invars)
+    cond_jaxpr = cond_jaxpr.replace(jaxpr=cond_jaxpr.jaxpr.replace(
+        debug_info=dbg._replace(arg_names=names)))
+  return UPSTREAM_WHILE_JVP(primals, tangents, cond_jaxpr=cond_jaxpr, **params)
 
 
 def entries():
@@ -128,7 +183,13 @@ def entries():
   if _compat.NEW_REF_TAKES_KIND:
     out += [(state_discharge._discharge_rules, p, no_grad_discharge_rule(rule))
             for p, rule in UPSTREAM_ACCESS_DISCHARGE.items()]
-  if _compat.ADDUPDATE_JVP_DROPS_NO_GRAD_UPDATE:
+  if _compat.JIT_EFFECTS_COUNT_CONSTVARS:
+    out += [(pjit.jit_p, "abstract_eval", jit_abstract_eval),
+            (core.custom_typechecks, pjit.jit_p, jit_typecheck)]
+  if _compat.WHILE_JVP_NEEDS_ARG_NAMES:
+    out.append((ad.primitive_jvps, loops.while_p, while_jvp))
+  if (_compat.ADDUPDATE_JVP_DROPS_NO_GRAD_UPDATE or
+      _compat.ADDUPDATE_JVP_FAILS_WITHOUT_TANGENTS):
     out.append((ad.primitive_jvps, state_primitives.addupdate_p,
                 addupdate_jvp))
   return out

@@ -30,6 +30,8 @@ Two things value form cannot express are handled before it:
 """
 from __future__ import annotations
 
+import numpy as np
+
 from jax._src import ad_checkpoint as ac
 from jax._src import config
 from jax._src import core
@@ -94,6 +96,7 @@ def bind_value_form(args, jaxpr, prevent_cse, differentiated, policy):
   if custom is not None:
     _errors.warn_not_rematerialized(jaxpr, custom)
     return core.eval_jaxpr(jaxpr, (), *args)
+  _check_refs_the_body_consumes_or_makes(jaxpr)
   pure, consts, written = _value_form(jaxpr)
   ins = list(args)
   for i, v in enumerate(jaxpr.invars):
@@ -109,6 +112,24 @@ def bind_value_form(args, jaxpr, prevent_cse, differentiated, policy):
   for i, new_val in zip(written, outs[n_out:]):
     state_primitives.ref_set(args[i], (), new_val)
   return outs[:n_out]
+
+
+def _check_refs_the_body_consumes_or_makes(jaxpr: core.Jaxpr) -> None:
+  """What JAX rejects in the body as it stands, rejected as JAX does.
+
+  A ref the body freezes that it did not make (value form would freeze a
+  private copy, and the ref would live on): `RematRefError`, as `jit` rejects
+  it too. A ref the body makes in a memory space (or pinned) that JAX only
+  supports inside `jit`, when this remat runs eagerly: JAX's own error,
+  which the discharged body would no longer reach."""
+  inputs = set(jaxpr.invars)
+  eager = not core.unsafe_am_i_under_a_jit()
+  for eqn in jaxpr.eqns:
+    if eqn.primitive is _compat.FREEZE_P and eqn.invars[0] in inputs:
+      _errors.raise_frozen_input(jaxpr, eqn)
+    if (eager and eqn.primitive is core.ref_p and
+        (eqn.params.get("memory_space") is not None or eqn.params.get("pin"))):
+      core.ref_p.impl(np.zeros((0,), np.float32), **eqn.params)
 
 
 def _has_ref_effects(jaxpr: core.Jaxpr) -> bool:

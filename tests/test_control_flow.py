@@ -8,24 +8,14 @@ from jax import lax
 import jax.numpy as jnp
 from jax._src import test_util as jtu
 
-import jax_remat_refs  # noqa: F401  (activates the patch)
-
-
-def no_remat(f=None, **_):
-  return f if f is not None else (lambda g: g)
+from tests.transparency import TransparencyMixin
 
 
 def maybe_jit(f, jit):
   return jax.jit(f) if jit else f
 
 
-class ControlFlowRematRefTest(jtu.JaxTestCase):
-
-  def assertSameAsNoRemat(self, prog):
-    expected = prog(no_remat)
-    actual = prog(jax.remat)
-    self.assertAllClose(actual, expected)
-    return actual
+class ControlFlowRematRefTest(TransparencyMixin, jtu.JaxTestCase):
 
   # --- cond -------------------------------------------------------------------
 
@@ -47,7 +37,7 @@ class ControlFlowRematRefTest(jtu.JaxTestCase):
       v1 = r[...]
       g2 = g(0.7, False)
       return g1, v1, g2, r[...]
-    self.assertSameAsNoRemat(prog)
+    self.assertTransparent(prog)
 
   def test_cond_reads_ref_argument(self):
     def prog(R):
@@ -61,7 +51,7 @@ class ControlFlowRematRefTest(jtu.JaxTestCase):
       g1 = jax.grad(f)(0.5, r)
       g2 = jax.grad(f)(-0.5, r)
       return g1, g2, r[...]
-    self.assertSameAsNoRemat(prog)
+    self.assertTransparent(prog)
 
   def test_cond_with_differentiated_ref(self):
     def prog(R):
@@ -77,7 +67,7 @@ class ControlFlowRematRefTest(jtu.JaxTestCase):
         r = jax.new_ref(x * 2.)
         return body(x, r, p) + r[...]
       return jax.grad(f)(0.3, True), jax.grad(f)(0.3, False)
-    self.assertSameAsNoRemat(prog)
+    self.assertTransparent(prog)
 
   # --- while_loop (forward only: JAX cannot reverse-differentiate it) --------
 
@@ -93,7 +83,7 @@ class ControlFlowRematRefTest(jtu.JaxTestCase):
           return i + 1, acc + r[...]
         return lax.while_loop(lambda c: c[0] < 4, body, (0, x))[1]
       return maybe_jit(f, jit)(1.5), r[...]
-    out, ref = self.assertSameAsNoRemat(prog)
+    out, ref = self.assertTransparent(prog)
     # hand-computed: r = 1.5, 3, 4.5, 6 added to 1.5
     self.assertAllClose(out, 1.5 + 1.5 + 3. + 4.5 + 6.)
     self.assertAllClose(ref, 6.)
@@ -112,7 +102,7 @@ class ControlFlowRematRefTest(jtu.JaxTestCase):
       out = f(1.2)
       tangent = jax.jvp(f, (1.2,), (1.,))[1]
       return out, tangent, r[...]
-    self.assertSameAsNoRemat(prog)
+    self.assertTransparent(prog)
 
   # --- fori_loop ------------------------------------------------------------------
 
@@ -128,7 +118,7 @@ class ControlFlowRematRefTest(jtu.JaxTestCase):
           return acc * jnp.sin(x * v)
         return lax.fori_loop(0, 3, body, x)
       return maybe_jit(jax.grad(f), jit)(0.3), r[...]
-    self.assertSameAsNoRemat(prog)
+    self.assertTransparent(prog)
 
   def test_remat_inside_fori_loop(self):
     def prog(R):
@@ -141,7 +131,7 @@ class ControlFlowRematRefTest(jtu.JaxTestCase):
       def f(x):
         return lax.fori_loop(0, 3, lambda i, acc: step(acc, x), x)
       return jax.grad(f)(0.3), r[...]
-    self.assertSameAsNoRemat(prog)
+    self.assertTransparent(prog)
 
   # --- scan with refs as consts -------------------------------------------
 
@@ -158,7 +148,7 @@ class ControlFlowRematRefTest(jtu.JaxTestCase):
         return lax.scan(body, c, xs)[0]
       g = maybe_jit(jax.grad(f, argnums=(0, 1)), jit)(1.1, jnp.arange(3.) / 4)
       return g, r[...]
-    self.assertSameAsNoRemat(prog)
+    self.assertTransparent(prog)
 
   def test_remat_around_scan_closed_over_ref(self):
     def prog(R):
@@ -171,7 +161,7 @@ class ControlFlowRematRefTest(jtu.JaxTestCase):
           return c * jnp.cos(x * v), c
         return lax.scan(body, c, xs)[0]
       return jax.grad(f, argnums=(0, 1))(1.1, jnp.arange(3.) / 4), r[...]
-    self.assertSameAsNoRemat(prog)
+    self.assertTransparent(prog)
 
   def test_remat_around_scan_ref_argument(self):
     def prog(R):
@@ -184,7 +174,7 @@ class ControlFlowRematRefTest(jtu.JaxTestCase):
         return lax.scan(body, c, xs)[0]
       r = jax.new_ref(0.5)
       return jax.grad(f, argnums=(0, 1))(1.1, jnp.arange(3.) / 4, r), r[...]
-    self.assertSameAsNoRemat(prog)
+    self.assertTransparent(prog)
 
   def test_remat_scan_body_with_differentiated_ref(self):
     def prog(R):
@@ -198,7 +188,7 @@ class ControlFlowRematRefTest(jtu.JaxTestCase):
         c, _ = lax.scan(body, 0., jnp.array([1.5, 2., 0.5]))
         return c + r[...]
       return jax.value_and_grad(f)(0.4)
-    self.assertSameAsNoRemat(prog)
+    self.assertTransparent(prog)
 
   def test_remat_around_and_within_scan(self):
     def prog(R):
@@ -213,7 +203,7 @@ class ControlFlowRematRefTest(jtu.JaxTestCase):
         return lax.scan(body, c, xs)[0]
       xs = jnp.arange(6.).reshape(3, 2) / 6
       return jax.grad(f, argnums=(0, 1))(0.9, xs), r[...]
-    self.assertSameAsNoRemat(prog)
+    self.assertTransparent(prog)
 
   def test_scan_ref_accumulates_stopped_values(self):
     def prog(R):
@@ -227,7 +217,7 @@ class ControlFlowRematRefTest(jtu.JaxTestCase):
         return lax.scan(body, c0, xs)[0].sum()
       g = jax.grad(f, argnums=(0, 1))(jnp.ones(3), jnp.arange(6.).reshape(2, 3))
       return g, acc[...]
-    self.assertSameAsNoRemat(prog)
+    self.assertTransparent(prog)
 
 
 if __name__ == "__main__":

@@ -10,25 +10,22 @@ from jax import lax
 import jax.numpy as jnp
 from jax._src import test_util as jtu
 
-import jax_remat_refs  # noqa: F401  (activates the patch)
 from jax_remat_refs import RematRefWarning
+from tests.transparency import TransparencyMixin, no_remat
 
 
-def no_remat(f=None, **_):
-  return f if f is not None else (lambda g: g)
+class CustomRuleTestCase(TransparencyMixin, jtu.JaxTestCase):
 
-
-class CustomVJPRefTest(jtu.JaxTestCase):
-
-  def assertSameAsNoRemat(self, prog):
-    expected = prog(no_remat)
+  def assertTransparent(self, prog, warnings_filter="ignore", **kwargs):
     # A custom rule whose primal touches a ref runs without remat, with a
     # RematRefWarning (test_custom_rule_on_ref_warns); the others remat.
+    # warnings_filter="error": the remat must not fall back.
     with warnings.catch_warnings():
-      warnings.simplefilter("ignore", RematRefWarning)
-      actual = prog(jax.remat)
-    self.assertAllClose(actual, expected)
-    return actual
+      warnings.simplefilter(warnings_filter, RematRefWarning)
+      return super().assertTransparent(prog, **kwargs)
+
+
+class CustomVJPRefTest(CustomRuleTestCase):
 
   def test_custom_rule_on_ref_warns(self):
     s = jax.new_ref(2.)
@@ -100,19 +97,13 @@ class CustomVJPRefTest(jtu.JaxTestCase):
         return lax.fori_loop(0, 3, lambda i, x: jnp.sin(double(x)), x)
       y, f_vjp = jax.vjp(f, 0.5)
       return y, f_vjp(1.)
-    with warnings.catch_warnings():
-      warnings.simplefilter("error", RematRefWarning)
-      self.assertSameAsNoRemat(prog)
+    self.assertTransparent(prog, warnings_filter="error")
 
   def test_ref_passed_to_custom_vjp_stays_a_ref(self):
     # Only the backward rule writes it: value form leaves it a ref, the
     # remat stays (no warning), and the backward pass writes it once.
     prog = self._stash_program(also_reads_a_ref=False)
-    expected = prog(no_remat)
-    with warnings.catch_warnings():
-      warnings.simplefilter("error", RematRefWarning)
-      g, stash = prog(jax.remat)
-    self.assertAllClose((g, stash), expected)
+    g, stash = self.assertTransparent(prog, warnings_filter="error")
     self.assertAllClose(stash, jnp.cos(jnp.sin(1.)))
     self.assertAllClose(g, jnp.cos(jnp.sin(1.)) * jnp.cos(1.))
 
@@ -143,7 +134,7 @@ class CustomVJPRefTest(jtu.JaxTestCase):
         s[...] = s[...] + 1.
         return y * s[...] + f(x)
       return jax.grad(g)(1.), s[...]
-    self.assertSameAsNoRemat(prog)
+    self.assertTransparent(prog)
 
   def test_custom_vjp_fwd_reads_closed_over_ref_body_writes_it_jit(self):
     def prog(R):
@@ -163,7 +154,7 @@ class CustomVJPRefTest(jtu.JaxTestCase):
         return y * s[...] + h(x)
       return jax.jit(jax.grad(g))(1.), s[...]
     # d/dx (2x * 3 + 3x) = 9; the ref is incremented once.
-    g, s = self.assertSameAsNoRemat(prog)
+    g, s = self.assertTransparent(prog)
     self.assertAllClose(g, 9.)
     self.assertAllClose(s, 3.)
 
@@ -185,7 +176,7 @@ class CustomVJPRefTest(jtu.JaxTestCase):
       def g(x, r):
         return jnp.sin(f(x, r)) * r[...]
       return jax.grad(g)(0.5, r), r[...]
-    self.assertSameAsNoRemat(prog)
+    self.assertTransparent(prog)
 
   def test_stash_gradient_into_closed_over_ref(self):
     def prog(R):
@@ -204,7 +195,7 @@ class CustomVJPRefTest(jtu.JaxTestCase):
         return jnp.sin(tap(x * 2.)) * 3.
       return jax.grad(g)(1.), stash[...]
     # the stash receives d/du of 3 sin(u) at u = 2: 3 cos 2
-    g, stash = self.assertSameAsNoRemat(prog)
+    g, stash = self.assertTransparent(prog)
     self.assertAllClose(stash, 3. * jnp.cos(2.))
 
   def test_stash_gradient_into_closed_over_ref_under_jit(self):
@@ -224,7 +215,7 @@ class CustomVJPRefTest(jtu.JaxTestCase):
         return jnp.sum(jnp.tanh(tap(x * x)))
       gr = jax.jit(jax.grad(g))(jnp.arange(3.) / 3)
       return gr, stash[...]
-    self.assertSameAsNoRemat(prog)
+    self.assertTransparent(prog)
 
   def test_stash_gradient_into_ref_argument(self):
     # The ref reaches the backward rule as a custom_vjp residual; its writes
@@ -244,7 +235,7 @@ class CustomVJPRefTest(jtu.JaxTestCase):
         return jnp.sin(tap(x * 2., r)) * 3.
       stash = jax.new_ref(0.)
       return jax.grad(g)(1., stash), stash[...]
-    self.assertSameAsNoRemat(prog)
+    self.assertTransparent(prog)
 
   def test_custom_vjp_residual_ref_read_in_forward_too(self):
     def prog(R):
@@ -264,20 +255,10 @@ class CustomVJPRefTest(jtu.JaxTestCase):
         return out * r[...]
       r = jax.new_ref(1.5)
       return jax.grad(g)(0.4, r), r[...]
-    self.assertSameAsNoRemat(prog)
+    self.assertTransparent(prog)
 
 
-class CustomJVPRefTest(jtu.JaxTestCase):
-
-  def assertSameAsNoRemat(self, prog):
-    expected = prog(no_remat)
-    # A custom rule whose primal touches a ref runs without remat, with a
-    # RematRefWarning (test_custom_rule_on_ref_warns); the others remat.
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore", RematRefWarning)
-      actual = prog(jax.remat)
-    self.assertAllClose(actual, expected)
-    return actual
+class CustomJVPRefTest(CustomRuleTestCase):
 
   def test_custom_jvp_reads_ref_argument(self):
     def prog(R):
@@ -296,7 +277,7 @@ class CustomJVPRefTest(jtu.JaxTestCase):
         return y + f(x, r)
       r = jax.new_ref(2.)
       return jax.grad(g)(1., r), r[...]
-    self.assertSameAsNoRemat(prog)
+    self.assertTransparent(prog)
 
   def test_custom_jvp_rule_reads_closed_over_ref_body_writes_it(self):
     # The jvp rule reads the ref through its Python closure; under remat the
@@ -317,7 +298,7 @@ class CustomJVPRefTest(jtu.JaxTestCase):
         return y + f(x)
       return jax.grad(g)(1.), s[...]
     # d/dx (x*2 + x*6) = 8; the ref is multiplied by 3 once.
-    g, s = self.assertSameAsNoRemat(prog)
+    g, s = self.assertTransparent(prog)
     self.assertAllClose(g, 8.)
     self.assertAllClose(s, 6.)
 
@@ -337,7 +318,7 @@ class CustomJVPRefTest(jtu.JaxTestCase):
       # (jit of this program fails in JAX without remat too: no state
       # discharge rule for custom_jvp_call)
       return jax.grad(g)(0.3), s[...]
-    self.assertSameAsNoRemat(prog)
+    self.assertTransparent(prog)
 
   def test_custom_jvp_writes_ref_in_primal(self):
     def prog(R):
@@ -354,7 +335,7 @@ class CustomJVPRefTest(jtu.JaxTestCase):
       def g(x):
         return f(x) * counter[...]
       return jax.grad(g)(0.3), counter[...]
-    self.assertSameAsNoRemat(prog)
+    self.assertTransparent(prog)
 
 
 if __name__ == "__main__":

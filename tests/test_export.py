@@ -19,13 +19,9 @@ import jax.numpy as jnp
 from jax._src import test_util as jtu
 from jax.ad_checkpoint import checkpoint_name
 
-import jax_remat_refs  # noqa: F401  (activates the patch)
+from tests.transparency import no_remat
 
 HAVE_FLATBUFFERS = importlib.util.find_spec("flatbuffers") is not None
-
-
-def no_remat(f=None, **_):
-  return f if f is not None else (lambda g: g)
 
 
 def f32(*shape):

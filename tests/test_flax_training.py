@@ -150,13 +150,10 @@ def _retrace(module):
   return jax.tree.map(lambda leaf: leaf, module)
 
 
+# How a block is called; all take (block, x). call_block, without remat,
+# gives the oracle.
 def call_block(block, x):
   return block(x)
-
-
-# How a block is called; all take (block, x).
-def no_remat(block, x):
-  return call_block(block, x)
 
 
 def jax_remat_arg(block, x):
@@ -270,7 +267,7 @@ _ORACLES = {}
 def oracle(model):
   """The no-remat run of MODELS[model] (computed once)."""
   if model not in _ORACLES:
-    _ORACLES[model] = train(*MODELS[model], no_remat)
+    _ORACLES[model] = train(*MODELS[model], call_block)
   return _ORACLES[model]
 
 

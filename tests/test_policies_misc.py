@@ -13,13 +13,9 @@ import jax.numpy as jnp
 from jax._src import test_util as jtu
 from jax.ad_checkpoint import checkpoint_name
 
-import jax_remat_refs
+from tests.transparency import TransparencyMixin
 
 cp = jax.checkpoint_policies
-
-
-def no_remat(f=None, **_):
-  return f if f is not None else (lambda g: g)
 
 
 def offload_a():
@@ -46,7 +42,7 @@ def named_body(x, r):
   return jnp.sum(b * a)
 
 
-class PolicyRefTest(jtu.JaxTestCase):
+class PolicyRefTest(TransparencyMixin, jtu.JaxTestCase):
 
   @parameterized.named_parameters(
       (f"{name}_jit{jit}", name, jit) for name in POLICIES
@@ -80,7 +76,7 @@ class PolicyRefTest(jtu.JaxTestCase):
       if R is jax.remat:
         f = jax.checkpoint(f, policy=cp.save_only_these_names("v"))
       return jax.grad(f)(0.8, r), r[...]
-    self.assertAllClose(prog(jax.remat), prog(no_remat))
+    self.assertTransparent(prog)
 
   def test_nested_remat_with_different_policies(self):
     def prog(R):
@@ -96,10 +92,10 @@ class PolicyRefTest(jtu.JaxTestCase):
         inner = jax.checkpoint(inner, policy=cp.save_any_names_but_these("a"))
         outer = jax.checkpoint(outer, policy=cp.save_only_these_names("b"))
       return jax.grad(outer)(0.3), r[...]
-    self.assertAllClose(prog(jax.remat), prog(no_remat))
+    self.assertTransparent(prog)
 
 
-class MiscRefTest(jtu.JaxTestCase):
+class MiscRefTest(TransparencyMixin, jtu.JaxTestCase):
 
   def test_named_scope_around_ref_creation_and_use(self):
     def prog(R):
@@ -114,7 +110,7 @@ class MiscRefTest(jtu.JaxTestCase):
             return jnp.sin(x) * v * r[...]
         return g(x) + r[...]
       return jax.value_and_grad(f)(0.5), jax.jit(jax.value_and_grad(f))(0.5)
-    self.assertAllClose(prog(jax.remat), prog(no_remat))
+    self.assertTransparent(prog)
 
   def test_named_scope_inside_remat_closed_over_ref(self):
     def prog(R):
@@ -126,7 +122,7 @@ class MiscRefTest(jtu.JaxTestCase):
           r[...] = v * 2.
           return jnp.sin(x * v) * r[...]
       return jax.grad(f)(0.5), r[...]
-    self.assertAllClose(prog(jax.remat), prog(no_remat))
+    self.assertTransparent(prog)
 
   # ensure_compile_time_eval: the ref is made eagerly, while the function is
   # traced, and closed over as a concrete ref. On jax 0.12.0.1 JAX cannot
@@ -187,7 +183,7 @@ class MiscRefTest(jtu.JaxTestCase):
         r[...] = v + 1.
         return jnp.sin(x) * v * r[...]
       return jax.value_and_grad(g)(0.5), r[...]
-    self.assertAllClose(prog(jax.remat), prog(no_remat))
+    self.assertTransparent(prog)
 
   # A ref that the remat body itself creates, written with a differentiated
   # value. Upstream JAX fails (0.10.2: KeyError in remat_partial_eval's
@@ -203,7 +199,7 @@ class MiscRefTest(jtu.JaxTestCase):
         r[...] = r[...] + x
         return jnp.sum(out * r[...])
       return jax.value_and_grad(f)(jnp.arange(3.) / 3)
-    self.assertAllClose(prog(jax.remat), prog(no_remat))
+    self.assertTransparent(prog)
 
   def test_internal_ref_written_with_stopped_value(self):
     def prog(R):
@@ -214,7 +210,7 @@ class MiscRefTest(jtu.JaxTestCase):
         r[...] = r[...] + lax.stop_gradient(x)
         return jnp.sum(out * r[...])
       return jax.value_and_grad(f)(jnp.arange(3.) / 3)
-    self.assertAllClose(prog(jax.remat), prog(no_remat))
+    self.assertTransparent(prog)
 
 
 if __name__ == "__main__":

@@ -22,19 +22,13 @@ from jax.ad_checkpoint import checkpoint_name
 import jax_remat_refs
 from jax_remat_refs import _compat
 from jax_remat_refs import _remat3
-from tests.transparency import no_remat
+from tests.transparency import TransparencyMixin, seed, seed_program
 
 cp = jax.checkpoint_policies
 
 
-def seed(y, x_ref):
-  out = y * x_ref[...]
-  x_ref[...] += 1
-  return out
-
-
 @unittest.skipUnless(_remat3.REACHABLE, "this JAX has no jax_remat3 option")
-class Remat3RefTest(jtu.JaxTestCase):
+class Remat3RefTest(TransparencyMixin, jtu.JaxTestCase):
 
   def setUp(self):
     super().setUp()
@@ -45,19 +39,12 @@ class Remat3RefTest(jtu.JaxTestCase):
     jax.config.update("jax_remat3", self._prev_flag)
     super().tearDown()
 
-  def assertSameAsNoRemat(self, prog):
-    expected = prog(no_remat)
-    actual = prog(jax.remat)
-    self.assertAllClose(actual, expected)
-    return actual
-
   # --- the seed program and its variants -----------------------------------
 
   def test_seed_program_hand_computed(self):
-    x_ref = jax.new_ref(1.)
-    g = jax.grad(jax.remat(seed))(1., x_ref)
+    g, x = seed_program(jax.remat)
     self.assertAllClose(g, 1.0)
-    self.assertAllClose(x_ref[...], 2.0)
+    self.assertAllClose(x, 2.0)
 
   def test_ref_argument(self):
     def prog(R):
@@ -69,7 +56,7 @@ class Remat3RefTest(jtu.JaxTestCase):
         return jnp.sum(out * r[...])
       g = jax.grad(f)(0.5, x_ref)
       return g, x_ref[...]
-    self.assertSameAsNoRemat(prog)
+    self.assertTransparent(prog)
 
   def test_closed_over_ref(self):
     def prog(R):
@@ -80,13 +67,13 @@ class Remat3RefTest(jtu.JaxTestCase):
         x_ref[...] = x_ref[...] + 1.
         return out * x_ref[...]
       return jax.grad(f)(0.3), x_ref[...]
-    self.assertSameAsNoRemat(prog)
+    self.assertTransparent(prog)
 
   def test_forward_only(self):
     def prog(R):
       x_ref = jax.new_ref(2.)
       return R(seed)(3., x_ref), x_ref[...]
-    self.assertSameAsNoRemat(prog)
+    self.assertTransparent(prog)
 
   def test_jit_of_grad(self):
     def prog(R):
@@ -98,7 +85,7 @@ class Remat3RefTest(jtu.JaxTestCase):
         return jnp.sum(jnp.sin(y * v) * r[...])
       g = jax.jit(jax.grad(f))(0.7, x_ref)
       return g, x_ref[...]
-    self.assertSameAsNoRemat(prog)
+    self.assertTransparent(prog)
 
   def test_differentiated_ref_created_outside_remat(self):
     def prog(R):
@@ -112,7 +99,7 @@ class Remat3RefTest(jtu.JaxTestCase):
         out = inner(y, r)
         return out + r[...]
       return jax.value_and_grad(f)(1.3)
-    self.assertSameAsNoRemat(prog)
+    self.assertTransparent(prog)
 
   def test_static_argnums(self):
     def prog(R):
@@ -123,7 +110,7 @@ class Remat3RefTest(jtu.JaxTestCase):
         return out
       f = jax.remat(f, static_argnums=(1,)) if R is jax.remat else f
       return jax.grad(f)(1.5, 3, x_ref), x_ref[...]
-    self.assertSameAsNoRemat(prog)
+    self.assertTransparent(prog)
 
   def test_policy_with_names(self):
     def prog(R):
@@ -135,7 +122,7 @@ class Remat3RefTest(jtu.JaxTestCase):
       if R is jax.remat:
         f = jax.remat(f, policy=cp.save_only_these_names("a"))
       return jax.grad(f)(jnp.arange(3.) / 3, x_ref), x_ref[...]
-    self.assertSameAsNoRemat(prog)
+    self.assertTransparent(prog)
 
   def test_vmap(self):
     def prog(R):
@@ -149,7 +136,7 @@ class Remat3RefTest(jtu.JaxTestCase):
         out = jax.vmap(f)(ys, r)
         return jnp.sum(out * r[...])
       return jax.grad(loss, argnums=(0, 1))(jnp.arange(3.), jnp.arange(3.) + 1)
-    self.assertSameAsNoRemat(prog)
+    self.assertTransparent(prog)
 
   def test_scan_body(self):
     def prog(R):
@@ -164,7 +151,7 @@ class Remat3RefTest(jtu.JaxTestCase):
         return lax.scan(body, c0, xs)[0]
       g = jax.grad(loss, argnums=(0, 1))(1.1, jnp.arange(3.) / 4)
       return c, g, r[...]
-    self.assertSameAsNoRemat(prog)
+    self.assertTransparent(prog)
 
   def test_shard_map_ref_created_in_body(self):
     if len(jax.devices()) < 8:
@@ -182,7 +169,7 @@ class Remat3RefTest(jtu.JaxTestCase):
       f = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=P("i"),
                                 out_specs=P("i")))
       return jax.value_and_grad(lambda y: f(y).sum())(jnp.arange(8.) / 8)
-    self.assertSameAsNoRemat(prog)
+    self.assertTransparent(prog)
 
   def test_custom_vjp_stashes_gradient_into_closed_over_ref(self):
     # The ref appears only in the backward rule, so the forward jaxpr is pure
@@ -202,7 +189,7 @@ class Remat3RefTest(jtu.JaxTestCase):
       def g(x):
         return jnp.sin(tap(x * 2.)) * 3.
       return jax.grad(g)(1.), stash[...]
-    self.assertSameAsNoRemat(prog)
+    self.assertTransparent(prog)
 
   # --- nesting --------------------------------------------------------------
 
@@ -218,7 +205,7 @@ class Remat3RefTest(jtu.JaxTestCase):
         x_ref[...] = v * 4.
         return inner(y * v) * x_ref[...]
       return jax.grad(outer)(0.9), x_ref[...]
-    self.assertSameAsNoRemat(prog)
+    self.assertTransparent(prog)
 
   def test_inner_touches_ref_outer_creates_it(self):
     def prog(R):
@@ -232,7 +219,7 @@ class Remat3RefTest(jtu.JaxTestCase):
           return out
         return inner(jnp.sin(y)) * r[...]
       return jax.value_and_grad(outer)(0.4)
-    self.assertSameAsNoRemat(prog)
+    self.assertTransparent(prog)
 
   def test_nested_both_touch_external_ref(self):
     def prog(R):
@@ -247,7 +234,7 @@ class Remat3RefTest(jtu.JaxTestCase):
         a = inner(y)
         return inner(a * x_ref[...])
       return jax.grad(outer)(0.6), x_ref[...]
-    self.assertSameAsNoRemat(prog)
+    self.assertTransparent(prog)
 
   # --- what goes through upstream's remat3 unchanged -----------------------
 
@@ -272,7 +259,7 @@ class Remat3RefTest(jtu.JaxTestCase):
         r[...] = jnp.sin(r[...]) * 2.
         return r[...] * x
       return jax.grad(f)(0.7)
-    self.assertSameAsNoRemat(prog)
+    self.assertTransparent(prog)
     def f(x):
       r = jax.new_ref(x)
       r[...] = jnp.sin(r[...])
@@ -290,7 +277,7 @@ class Remat3RefTest(jtu.JaxTestCase):
         r[...] = r[...] + jnp.sin(y)
         return jax.ref.freeze(r) * y
       return jax.grad(f)(0.8)
-    g = self.assertSameAsNoRemat(prog)
+    g = self.assertTransparent(prog)
     self.assertAllClose(g, 1.6 + np.sin(0.8))
 
   def test_static_argnames(self):

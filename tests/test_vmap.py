@@ -6,20 +6,10 @@ from jax import lax
 import jax.numpy as jnp
 from jax._src import test_util as jtu
 
-import jax_remat_refs  # noqa: F401  (activates the patch)
+from tests.transparency import TransparencyMixin, no_remat
 
 
-def no_remat(f=None, **_):
-  return f if f is not None else (lambda g: g)
-
-
-class VmapRematRefTest(jtu.JaxTestCase):
-
-  def assertSameAsNoRemat(self, prog):
-    expected = prog(no_remat)
-    actual = prog(jax.remat)
-    self.assertAllClose(actual, expected)
-    return actual
+class VmapRematRefTest(TransparencyMixin, jtu.JaxTestCase):
 
   def test_ref_created_inside_vmapped_function_from_batched_value(self):
     def prog(R):
@@ -35,7 +25,7 @@ class VmapRematRefTest(jtu.JaxTestCase):
       ys, xs = jnp.arange(3.), jnp.arange(3.) + 1.
       return (jax.vmap(f)(ys, xs),
               jax.vmap(jax.grad(f, argnums=(0, 1)))(ys, xs))
-    self.assertSameAsNoRemat(prog)
+    self.assertTransparent(prog)
 
   def test_batched_ref_closed_over_by_remat_inside_vmapped_function(self):
     def prog(R):
@@ -53,7 +43,7 @@ class VmapRematRefTest(jtu.JaxTestCase):
               jax.vmap(jax.grad(f, argnums=(0, 1)))(ys, xs),
               jax.grad(lambda ys, xs: jax.vmap(f)(ys, xs).sum(),
                        argnums=(0, 1))(ys, xs))
-    self.assertSameAsNoRemat(prog)
+    self.assertTransparent(prog)
 
   def test_batched_ref_passed_with_in_axes_zero(self):
     def prog(R):
@@ -65,7 +55,7 @@ class VmapRematRefTest(jtu.JaxTestCase):
       r = jax.new_ref(jnp.arange(6.).reshape(3, 2) + 1.)
       g = jax.vmap(jax.grad(body), in_axes=(0, 0))(jnp.arange(3.), r)
       return g, r[...]
-    self.assertSameAsNoRemat(prog)
+    self.assertTransparent(prog)
 
   def test_batched_ref_vmap_over_other_args_grad_outside(self):
     def prog(R):
@@ -80,7 +70,7 @@ class VmapRematRefTest(jtu.JaxTestCase):
         return out.sum() + r[...].sum()
       return jax.value_and_grad(loss, argnums=(0, 1))(
           jnp.arange(3.), jnp.arange(3.) + 1.)
-    self.assertSameAsNoRemat(prog)
+    self.assertTransparent(prog)
 
   def test_unbatched_ref_in_axes_none_read_only(self):
     def prog(R):
@@ -89,7 +79,7 @@ class VmapRematRefTest(jtu.JaxTestCase):
         return jnp.sin(y * r[...]).sum()
       r = jax.new_ref(jnp.array([1., 2.]))
       return jax.vmap(jax.grad(body), in_axes=(0, None))(jnp.arange(3.), r)
-    self.assertSameAsNoRemat(prog)
+    self.assertTransparent(prog)
 
   def test_closed_over_ref_read_only_grad_of_vmap(self):
     def prog(R):
@@ -99,7 +89,7 @@ class VmapRematRefTest(jtu.JaxTestCase):
         return jnp.sin(y) * r[...]
       g = jax.grad(lambda ys: jax.vmap(body)(ys).sum())(jnp.arange(3.))
       return g, r[...]
-    self.assertSameAsNoRemat(prog)
+    self.assertTransparent(prog)
 
   def test_batched_ref_accumulating_stopped_values(self):
     def prog(R):
@@ -110,7 +100,7 @@ class VmapRematRefTest(jtu.JaxTestCase):
         return jnp.cos(y) * acc[...]
       g = jax.grad(lambda ys: jax.vmap(body)(ys, r).sum())(jnp.arange(3.))
       return g, r[...]
-    self.assertSameAsNoRemat(prog)
+    self.assertTransparent(prog)
 
   def test_remat_inside_vmap_inside_grad(self):
     def prog(R):
@@ -125,7 +115,7 @@ class VmapRematRefTest(jtu.JaxTestCase):
       def loss(w, xs):
         return jax.vmap(per_example, in_axes=(None, 0))(w, xs).sum()
       return jax.value_and_grad(loss, argnums=(0, 1))(0.7, jnp.arange(4.) / 4)
-    self.assertSameAsNoRemat(prog)
+    self.assertTransparent(prog)
 
   def test_jit_vmap_grad_with_ref_state(self):
     def prog(R):
@@ -138,7 +128,7 @@ class VmapRematRefTest(jtu.JaxTestCase):
       f = jax.jit(jax.vmap(jax.grad(body), in_axes=(0, 0)))
       g = f(jnp.arange(3.) / 3, r)
       return g, r[...]
-    self.assertSameAsNoRemat(prog)
+    self.assertTransparent(prog)
 
   def test_nested_vmap(self):
     def prog(R):
@@ -153,7 +143,7 @@ class VmapRematRefTest(jtu.JaxTestCase):
       ys = jnp.arange(6.).reshape(2, 3) / 6
       xs = jnp.ones((2, 3))
       return jax.vmap(jax.vmap(jax.grad(f, argnums=(0, 1))))(ys, xs)
-    self.assertSameAsNoRemat(prog)
+    self.assertTransparent(prog)
 
   def test_unbatched_closed_over_ref_written_in_vmap_is_rejected_as_without_remat(self):
     # JAX refuses to write into an unbatched ref closed over by the vmapped

@@ -9,7 +9,7 @@ without remat: the largest gradient difference, the largest running-mean
 difference, and the dropout counters (the oracle has one draw per block and
 step: 2 each).
 
-    python -m jax_remat_refs.demo_flax
+    python examples/demo_flax.py
 
 Importing this module without Flax raises ImportError.
 """

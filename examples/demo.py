@@ -1,7 +1,11 @@
-"""`make demo`: the seed program and a larger one, upstream vs patched.
+"""`make demo`: the seed program and a larger one, upstream vs patched; then
+the Flax NNX demo (demo_flax.py, beside this file) where Flax is installed.
 
 Each row prints what the same program gives without jax.remat (the oracle),
 with upstream JAX's remat, and with jax_remat_refs.
+
+    python examples/demo.py              # everything
+    python examples/demo.py --seed-only  # the seed program only; exit 1 if wrong
 """
 from __future__ import annotations
 
@@ -93,7 +97,7 @@ def main(argv=None):
     print(f"{name:38s} {fmt(oracle):>22s} {fmt(upstream):>22s} "
           f"{fmt(patched):>22s}  {ok}")
   try:
-    from jax_remat_refs import demo_flax
+    import demo_flax  # beside this file: its folder is sys.path[0]
   except ImportError as e:
     print(f"\n(Flax NNX demo skipped: {e})")
   else:
