@@ -103,8 +103,6 @@ def close(jaxpr: core.Jaxpr):
   return jaxpr if JAXPR_IS_CLOSED else core.ClosedJaxpr(jaxpr, [])
 
 
-# The types of the jaxprs found in equation params.
-JAXPR_TYPES = (core.Jaxpr,) if JAXPR_IS_CLOSED else (core.Jaxpr, core.ClosedJaxpr)
 
 
 def open_closed(closed) -> tuple[core.Jaxpr, list[Any]]:

@@ -18,19 +18,6 @@ class RematRefWarning(UserWarning):
   """A remat-decorated function is run without rematerialization."""
 
 
-def describe_input(jaxpr: core.Jaxpr, i: int) -> str:
-  """'argument y' / 'closed-over ref' / 'input #i', with the ref's type."""
-  names = jaxpr.debug_info.arg_names if jaxpr.debug_info else None
-  aval = jaxpr.invars[i].aval
-  inner = aval.inner_aval if hasattr(aval, "inner_aval") else aval
-  ty = inner.str_short()
-  if names is not None and i < len(names):
-    what = f"argument {names[i]}" if names[i] else "closed-over ref"
-  else:
-    what = f"input #{i}"
-  return f"{what} of type Ref{{{ty}}}"
-
-
 def _where(eqn) -> str:
   return (source_info_util.summarize(eqn.source_info) if eqn is not None
           else "unknown location")
@@ -43,7 +30,7 @@ def _fun(jaxpr: core.Jaxpr) -> str:
 def raise_forbidden(jaxpr: core.Jaxpr, i: int) -> None:
   raise RematRefError(
       f"jax.remat(ref_effects='forbid'): {_fun(jaxpr)} touches a ref it did "
-      f"not create, the {describe_input(jaxpr, i)}; first access at "
+      f"not create, the {ju.describe_input(jaxpr, i)}; first access at "
       f"{_where(ju.first_access(jaxpr, jaxpr.invars[i]))}. With "
       "ref_effects='forbid' a remat-decorated function may only use refs it "
       "creates itself, or refs made with kind='no_grad_no_remat' (whose "
@@ -76,7 +63,7 @@ def raise_aliased(jaxpr: core.Jaxpr, first: int, again: int) -> None:
 def raise_frozen_input(jaxpr: core.Jaxpr, eqn) -> None:
   i = jaxpr.invars.index(eqn.invars[0])
   raise RematRefError(
-      f"jax.remat: {_fun(jaxpr)} freezes the {describe_input(jaxpr, i)}, a "
+      f"jax.remat: {_fun(jaxpr)} freezes the {ju.describe_input(jaxpr, i)}, a "
       f"ref it did not create, at {_where(eqn)}. A remat body (like a jit "
       "body) may freeze only refs it makes; read the value with r[...] "
       "instead.")

@@ -6,14 +6,18 @@ it imports nothing of ours except `_compat`.
 from __future__ import annotations
 
 import functools
-from typing import Iterator
 
 import numpy as np
 
 from jax._src import core
+from jax._src import custom_derivatives
 from jax._src.state.types import AbstractRef, AccumEffect, RefEffect, WriteEffect
 
 from jax_remat_refs import _compat
+
+
+CUSTOM_RULE_PRIMITIVES = (custom_derivatives.custom_vjp_call_p,
+                          custom_derivatives.custom_jvp_call_p)
 
 
 def is_ref(x) -> bool:
@@ -32,47 +36,50 @@ def ref_effect_vars(effects, binders, kinds=(RefEffect,)) -> set:
           if isinstance(e, kinds)}
 
 
-def _jaxpr_ref_effect_vars(jaxpr: core.Jaxpr, kinds) -> set:
-  binders = [*jaxpr.constvars, *jaxpr.invars]
-  return ref_effect_vars(jaxpr.effects, binders, kinds)
-
-
-def touched_ref_invars(jaxpr: core.Jaxpr) -> list[bool]:
-  """For each input of `jaxpr`: a ref that the body reads or writes."""
-  touched = _jaxpr_ref_effect_vars(jaxpr, (RefEffect,))
+def ref_inputs_with_effects(jaxpr: core.Jaxpr,
+                            kinds=(RefEffect,)) -> list[bool]:
+  """For each input of `jaxpr`: whether it is a ref on which `jaxpr` has an
+  effect of one of `kinds` (by default: reads, writes or accumulates)."""
+  touched = ref_effect_vars(jaxpr.effects, [*jaxpr.constvars, *jaxpr.invars],
+                            kinds)
   return [v in touched for v in jaxpr.invars]
 
 
-def written_ref_invars(jaxpr: core.Jaxpr) -> list[bool]:
-  """For each input of `jaxpr`: a ref that the body writes or accumulates into."""
-  written = _jaxpr_ref_effect_vars(jaxpr, (WriteEffect, AccumEffect))
-  return [v in written for v in jaxpr.invars]
+def written_ref_inputs(jaxpr: core.Jaxpr) -> list[bool]:
+  """For each input of `jaxpr`: a ref it writes or accumulates into."""
+  return ref_inputs_with_effects(jaxpr, (WriteEffect, AccumEffect))
 
 
-def takes_refs(jaxpr: core.Jaxpr) -> bool:
-  """Whether some input of `jaxpr` is a ref."""
-  return any(is_ref(v) for v in jaxpr.invars)
+def has_ref_effects(jaxpr: core.Jaxpr) -> bool:
+  """Whether `jaxpr` reads, writes or accumulates into an input ref, or makes
+  refs of its own outside custom_vjp / custom_jvp functions (refs that those
+  make and use inside are theirs: the function is pure from outside)."""
+  return any(ref_inputs_with_effects(jaxpr)) or (
+      core.internal_mutable_array_effect in jaxpr.effects and
+      _makes_refs(jaxpr))
 
 
-def has_refs(jaxpr: core.Jaxpr) -> bool:
-  """Whether `jaxpr` takes refs or allocates refs of its own."""
-  return (takes_refs(jaxpr) or
-          core.internal_mutable_array_effect in jaxpr.effects)
+def _makes_refs(jaxpr: core.Jaxpr) -> bool:
+  for eqn in jaxpr.eqns:
+    if (eqn.primitive in CUSTOM_RULE_PRIMITIVES or
+        core.internal_mutable_array_effect not in eqn.effects):
+      continue
+    subs = list(core.jaxprs_in_params(eqn.params))
+    if not subs or any(_makes_refs(sub) for sub in subs):
+      return True
+  return False
 
 
-def used_vars(jaxpr: core.Jaxpr) -> set:
-  """The vars that `jaxpr`'s equations or outputs use."""
-  used = {v for e in jaxpr.eqns for v in e.invars if isinstance(v, core.Var)}
-  used.update(v for v in jaxpr.outvars if isinstance(v, core.Var))
-  return used
-
-
-def sub_jaxprs(params) -> Iterator[core.Jaxpr]:
-  """The jaxprs among an equation's params (closed ones opened)."""
-  for val in params.values():
-    for v in (val if isinstance(val, (tuple, list)) else (val,)):
-      if isinstance(v, _compat.JAXPR_TYPES):
-        yield _compat.open_closed(v)[0]
+def describe_input(jaxpr: core.Jaxpr, i: int) -> str:
+  """'argument y' / 'closed-over ref' / 'input #i', with the ref's type."""
+  names = jaxpr.debug_info.arg_names if jaxpr.debug_info else None
+  aval = jaxpr.invars[i].aval
+  inner = aval.inner_aval if hasattr(aval, "inner_aval") else aval
+  if names is not None and i < len(names):
+    what = f"argument {names[i]}" if names[i] else "closed-over ref"
+  else:
+    what = f"input #{i}"
+  return f"{what} of type Ref{{{inner.str_short()}}}"
 
 
 def find_eqn(jaxpr: core.Jaxpr, pred) -> core.JaxprEqn | None:
@@ -81,7 +88,7 @@ def find_eqn(jaxpr: core.Jaxpr, pred) -> core.JaxprEqn | None:
   for eqn in jaxpr.eqns:
     if pred(eqn):
       return eqn
-    for sub in sub_jaxprs(eqn.params):
+    for sub in core.jaxprs_in_params(eqn.params):
       found = find_eqn(sub, pred)
       if found is not None:
         return found

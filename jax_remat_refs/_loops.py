@@ -38,7 +38,7 @@ def discharge_invariant_refs(jaxpr_known, known_consts):
   """(body, consts) with the ref consts that the known body never writes and
   only reads directly replaced by their values, read here, once."""
   body, _ = _compat.open_closed(jaxpr_known)
-  written = ju.written_ref_invars(body)
+  written = ju.written_ref_inputs(body)
   # Only refs the body reads directly: a ref it hands to a nested call (jit,
   # a loop) is left alone, as JAX discharges some of those calls' refs all
   # together, not one by one.

@@ -16,7 +16,10 @@ remat was put in value form when it was traced, and an enclosing discharge
 takes any other ref-effectful equation (cond, scan, jit, a ``"replay"``
 remat) through JAX's own discharge rules.
 
-Two things value form cannot express are handled before it:
+A body whose refs are only passed on (no read, write or ref of its own) is
+bound as it is. Refs of kind ``"no_grad_no_remat"`` keep their meaning
+because their discharged values take no gradient (`_fixes`). Three things
+value form cannot express are handled before it:
 * the same ref reaching the body at two inputs (passed twice, or closed over
   and passed) is JAX's aliasing error, as for `jit` (and for `checkpoint`
   itself from JAX 0.11); with `jax_mutable_array_checks` off the two inputs
@@ -26,7 +29,10 @@ Two things value form cannot express are handled before it:
 * a `custom_vjp` / `custom_jvp` function whose primal reads or writes a ref
   has no discharged form that keeps its custom rule; such a remat body runs
   without remat (as if undecorated: effects once, residuals saved) and a
-  `RematRefWarning` says so.
+  `RematRefWarning` says so;
+* what JAX rejects in the body as it is (a freeze of a ref the body did not
+  make; eagerly, a ref made in a memory space JAX supports only in `jit`) is
+  rejected as JAX rejects it.
 """
 from __future__ import annotations
 
@@ -35,7 +41,6 @@ import numpy as np
 from jax._src import ad_checkpoint as ac
 from jax._src import config
 from jax._src import core
-from jax._src import custom_derivatives
 from jax._src import linear_util as lu
 from jax._src.util import weakref_lru_cache
 from jax._src.interpreters import partial_eval as pe
@@ -50,58 +55,47 @@ from jax_remat_refs import _semantics as sem
 remat_p = ac.remat_p
 UPSTREAM_BIND = _compat.UPSTREAM_REMAT_BIND
 
-_CUSTOM_RULE_PRIMITIVES = (custom_derivatives.custom_vjp_call_p,
-                           custom_derivatives.custom_jvp_call_p)
-
-
 # --------------------------------------------------------------------------
 # bind
 
 def remat_bind(*args, jaxpr, prevent_cse, differentiated, policy):
-  if not ju.has_refs(jaxpr):  # pure bodies: upstream's equation
+  if not ju.has_ref_effects(jaxpr):
+    # A pure body, or one whose refs are only passed on (e.g. to a custom_vjp
+    # whose backward rule writes gradients into them): no effect to repeat,
+    # and upstream's equation is right.
     return UPSTREAM_BIND(*args, jaxpr=jaxpr, prevent_cse=prevent_cse,
                          differentiated=differentiated,
                          policy=sem.unwrap_policy(policy))
-  mode = sem.mode_of(policy) if ju.takes_refs(jaxpr) else sem.ONCE
-  if mode == sem.FORBID and any(_replayable_ref_invars(jaxpr)):
-    _errors.raise_forbidden(jaxpr, _replayable_ref_invars(jaxpr).index(True))
+  touched = ju.ref_inputs_with_effects(jaxpr)
+  mode = sem.mode_of(policy) if any(touched) else sem.ONCE
+  if mode == sem.FORBID:
+    replayable = [t and getattr(v.aval, "kind", None) != _compat.NO_GRAD_NO_REMAT
+                  for t, v in zip(touched, jaxpr.invars)]
+    if any(replayable):  # a no_grad_no_remat ref is forward-only anyway
+      _errors.raise_forbidden(jaxpr, replayable.index(True))
   if mode == sem.REPLAY:
     return UPSTREAM_BIND(*args, jaxpr=jaxpr, prevent_cse=prevent_cse,
                          differentiated=differentiated,
                          policy=sem.replay_policy(policy))
-  return bind_value_form(args, jaxpr, prevent_cse, differentiated,
-                         sem.unwrap_policy(policy))
+  return remat_bind_value_form(args, jaxpr, prevent_cse, differentiated,
+                               sem.unwrap_policy(policy))
 
 
-def _replayable_ref_invars(jaxpr: core.Jaxpr) -> list[bool]:
-  """For each input of `jaxpr`: a ref that the body reads or writes and whose
-  kind leaves its remat semantics to the remat (every kind but
-  ``"no_grad_no_remat"``, whose owner declared its effects forward-only)."""
-  return [t and getattr(v.aval, "kind", None) != _compat.NO_GRAD_NO_REMAT
-          for t, v in zip(ju.touched_ref_invars(jaxpr), jaxpr.invars)]
-
-
-def bind_value_form(args, jaxpr, prevent_cse, differentiated, policy):
-  """Binds a remat of `jaxpr`, a body with refs, in value form: reads each
-  ref at entry, binds a remat of the discharged (pure) body on the values,
-  and writes back the refs the body writes."""
+def remat_bind_value_form(args, jaxpr, prevent_cse, differentiated, policy):
+  """Binds a remat of `jaxpr`, a body with ref effects, in value form: reads
+  each ref at entry, binds a remat of the discharged (pure) body on the
+  values, and writes back the refs the body writes."""
   args, jaxpr, prevent_cse = _merge_aliased_refs(args, jaxpr, prevent_cse)
-  if not _has_ref_effects(jaxpr):
-    # Refs only passed on, e.g. to a custom_vjp whose backward rule writes
-    # gradients into them: the body has no ref effect to repeat, and
-    # upstream's equation is right.
-    return UPSTREAM_BIND(*args, jaxpr=jaxpr, prevent_cse=prevent_cse,
-                         differentiated=differentiated, policy=policy)
-  custom = _custom_rule_on_refs(jaxpr)
+  custom = custom_rule_takes_refs(jaxpr)
   if custom is not None:
     _errors.warn_not_rematerialized(jaxpr, custom)
     return core.eval_jaxpr(jaxpr, (), *args)
   _check_refs_the_body_consumes_or_makes(jaxpr)
-  pure, consts, written = _value_form(jaxpr)
+  pure, consts, written = remat_discharge(jaxpr)
   ins = list(args)
   for i, v in enumerate(jaxpr.invars):
     if ju.is_ref(v):
-      with _report.entry_read_scope(_errors.describe_input(jaxpr, i)):
+      with _report.entry_read_scope(ju.describe_input(jaxpr, i)):
         ins[i] = state_primitives.ref_get(args[i], ())
   if isinstance(prevent_cse, tuple):
     prevent_cse = (False,) * len(consts) + prevent_cse
@@ -132,33 +126,15 @@ def _check_refs_the_body_consumes_or_makes(jaxpr: core.Jaxpr) -> None:
       core.ref_p.impl(np.zeros((0,), np.float32), **eqn.params)
 
 
-def _has_ref_effects(jaxpr: core.Jaxpr) -> bool:
-  """Whether `jaxpr` reads or writes an input ref, or makes refs outside
-  custom_vjp/custom_jvp functions (refs those make and use inside are
-  theirs: the function is pure from outside)."""
-  return any(ju.touched_ref_invars(jaxpr)) or _makes_refs(jaxpr)
-
-
-def _makes_refs(jaxpr: core.Jaxpr) -> bool:
-  for eqn in jaxpr.eqns:
-    if (eqn.primitive in _CUSTOM_RULE_PRIMITIVES or
-        core.internal_mutable_array_effect not in eqn.effects):
-      continue
-    subs = list(ju.sub_jaxprs(eqn.params))
-    if not subs or any(_makes_refs(sub) for sub in subs):
-      return True
-  return False
-
-
 @weakref_lru_cache
-def _value_form(jaxpr: core.Jaxpr):
+def remat_discharge(jaxpr: core.Jaxpr):
   """The discharged body of a remat: (jaxpr, consts, written).
 
   Its inputs are the consts, then `jaxpr`'s inputs with every ref replaced by
   its value; its outputs are `jaxpr`'s, then the final values of the refs at
   positions `written` (the refs the body writes)."""
   is_ref = [ju.is_ref(v) for v in jaxpr.invars]
-  written = tuple(i for i, w in enumerate(ju.written_ref_invars(jaxpr)) if w)
+  written = tuple(i for i, w in enumerate(ju.written_ref_inputs(jaxpr)) if w)
   pure, consts = _compat.discharge_state(jaxpr, is_ref)
   ref_pos = [i for i, r in enumerate(is_ref) if r]
   keep = [True] * len(jaxpr.outvars) + [i in written for i in ref_pos]
@@ -210,12 +186,12 @@ def _merged_jaxpr(jaxpr: core.Jaxpr, source: tuple[int, ...]) -> core.Jaxpr:
   return merged
 
 
-def _custom_rule_on_refs(jaxpr: core.Jaxpr):
+def custom_rule_takes_refs(jaxpr: core.Jaxpr):
   """A custom_vjp/custom_jvp equation (in `jaxpr` or nested in it) that
   takes a ref, or None. Value form would hand it the ref's value: neither its
   primal nor its rules could use the ref any more. (Refs a custom function
   makes and uses inside are its own business.)"""
   def pred(eqn):
-    return (eqn.primitive in _CUSTOM_RULE_PRIMITIVES and
+    return (eqn.primitive in ju.CUSTOM_RULE_PRIMITIVES and
             any(ju.is_ref(v) for v in eqn.invars))
   return ju.find_eqn(jaxpr, pred)
