@@ -28,6 +28,10 @@ remat or without refs), as (owner, key, replacement) entries for `_install`.
   raises a TypeError for an update that carries no tangent into a ref that
   has none (where `r[...] += v` works): one that makes such updates without a
   tangent.
+* `AbstractRef`'s equality and hash, where they ignore the ref's kind
+  (0.10.x - 0.12.x): tracing caches keyed on avals then hand a function
+  traced for a ``"no_grad_no_remat"`` ref to a call with a default-kind
+  ref, or the reverse (a silent wrong gradient); ones that compare it.
 """
 from __future__ import annotations
 
@@ -43,6 +47,7 @@ from jax._src.lax import lax
 from jax._src.lax.control_flow import loops
 from jax._src.state import discharge as state_discharge
 from jax._src.state import primitives as state_primitives
+from jax._src.state.types import AbstractRef
 
 from jax_remat_refs import _compat
 
@@ -168,6 +173,17 @@ def while_jvp(primals, tangents, *, cond_jaxpr, **params):
   return UPSTREAM_WHILE_JVP(primals, tangents, cond_jaxpr=cond_jaxpr, **params)
 
 
+def ref_aval_eq(self, other):
+  """`AbstractRef.__eq__` that also compares the kind."""
+  return (type(self) is type(other) and self.inner_aval == other.inner_aval
+          and self.memory_space == other.memory_space
+          and self.kind == other.kind)
+
+
+def ref_aval_hash(self):
+  return hash((type(self), self.inner_aval, self.memory_space, self.kind))
+
+
 def entries():
   """(owner, key, replacement): `owner[key]` for a rule table, else the
   attribute `key` of `owner`."""
@@ -175,6 +191,9 @@ def entries():
           callback_partial_eval_custom)]
   if not _compat.DCE_RULE_KEEPS_EFFECTS:
     out.append((pe.dce_rules, remat_p, remat_dce))
+  if _compat.REF_AVAL_EQ_IGNORES_KIND:
+    out += [(AbstractRef, "__eq__", ref_aval_eq),
+            (AbstractRef, "__hash__", ref_aval_hash)]
   if not _compat.SWAP_TRANSPOSE_CHECKS_CONSTANT:
     out.append((ad.fancy_transposes, state_primitives.swap_p, swap_transpose))
   if not _compat.CLOSED_CALL_CHECK_TAKES_PARAMS:

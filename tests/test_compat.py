@@ -21,21 +21,22 @@ class VersionGateTest(jtu.JaxTestCase):
     self.assertEqual(_compat._release("0.12.0.1"), (0, 12, 0, 1))
     self.assertEqual(_compat._release("0.10.2.dev20261130+abc"), (0, 10, 2))
     self.assertLess(_compat._release("0.9.2"), _compat._release("0.10.0"))
+    self.assertLess(_compat._release("0.7.1"), _compat._release("0.7.2"))
     self.assertGreater(_compat._release("0.12.1"), _compat._release("0.12.0.1"))
 
   def test_older_than_supported_is_refused(self):
-    with mock.patch.object(_compat, "JAX_VERSION", "0.9.2"):
-      with self.assertRaisesRegex(ImportError, "0.10.0 and newer.*0.9.2"):
+    with mock.patch.object(_compat, "JAX_VERSION", "0.7.1"):
+      with self.assertRaisesRegex(ImportError, "0.7.2 and newer.*0.7.1"):
         _compat.check_jax_version()
 
   def test_newer_than_tested_warns(self):
     with mock.patch.object(_compat, "JAX_VERSION", "0.13.0"):
       with self.assertWarnsRegex(_compat.UntestedJaxWarning,
-                                 "0.10.0 to 0.12.0.1.*0.13.0"):
+                                 "0.7.2 to 0.12.0.1.*0.13.0"):
         _compat.check_jax_version()
 
   def test_tested_range_imports_silently(self):
-    for v in ("0.10.0", "0.11.1", "0.12.0.1"):
+    for v in ("0.7.2", "0.8.3", "0.9.0.1", "0.10.0", "0.11.1", "0.12.0.1"):
       with mock.patch.object(_compat, "JAX_VERSION", v):
         _compat.check_jax_version()  # neither raises nor warns (-W error)
 
@@ -49,7 +50,45 @@ class FeatureProbeTest(jtu.JaxTestCase):
     self.assertEqual(pe.dce_rules[ac.remat_p] is _fixes.UPSTREAM_DCE, takes)
 
 
+def remat_around_jit_closing_over_an_array(rm):
+  # jax 0.7.x: the jit's effects named the wrong input (index counted past
+  # its constvar, the closed-over array), so the remat lost the write to r.
+  c = jnp.arange(3.)
+  r = jax.new_ref(jnp.zeros(3))
+  s = jax.new_ref(jnp.ones(3))
+  def blk(x, r, s):
+    r[...] = r[...] + x * c
+    return x * s[...]
+  y = rm(jax.jit(blk))(jnp.full(3, 2.), r, s)
+  jaxpr = jax.make_jaxpr(jax.jit(blk))(jnp.ones(3), r, s)  # traces: no error
+  return y, r[...], len(jaxpr.eqns)
+
+
+def remat_around_while_writing_a_ref(rm):
+  # jax 0.7.x - 0.9.x: value form discharges the loop before AD; JAX's
+  # `while` JVP failed on the discharged cond jaxpr (unknown arg names).
+  r = jax.new_ref(jnp.zeros(()))
+  def f(x):
+    def body(c):
+      i, h = c
+      r[...] = r[...] + lax.stop_gradient(h)
+      return i + 1, jnp.sin(h)
+    return lax.while_loop(lambda c: c[0] < 2, body, (0, x))[1]
+  y, t = jax.jvp(rm(f), (0.5,), (1.,))
+  return y, t, r[...]
+
+
 class JaxRuleFixesTest(jtu.JaxTestCase):
+
+  def test_remat_around_jit_closing_over_an_array(self):
+    self.assertAllClose(remat_around_jit_closing_over_an_array(jax.remat),
+                        remat_around_jit_closing_over_an_array(lambda f: f))
+
+  def test_jvp_of_remat_around_while_writing_a_ref(self):
+    got = remat_around_while_writing_a_ref(jax.remat)
+    self.assertAllClose(got, remat_around_while_writing_a_ref(lambda f: f))
+    self.assertAllClose(got[1], jnp.cos(jnp.sin(0.5)) * jnp.cos(0.5))
+
   """Fixed JAX rules that programs without refs reach too (JaxTestCase runs
   with jax_enable_checks)."""
 

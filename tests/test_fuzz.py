@@ -10,8 +10,17 @@ standalone reproducer. More programs: ``python -m tests.fuzz.run --n N --seed S`
 
 `Fuzz2Test` does the same for `tests.fuzz.gen2` (one state vector through
 blocks, under value_and_grad / vjp with a write before the backward pass /
-linearize / jvp / hessian): ``python -m tests.fuzz.run --gen 2 --n N --seed S``.
+linearize / jvp / hessian / vjp with_refs): ``python -m tests.fuzz.run --gen 2
+--n N --seed S``.
+
+Programs that hand one ref to a remat twice may instead get JAX's aliasing
+error from the remat run (`oracle.is_aliasing_error`); what each generator
+exercises of JAX's ref API is in `tests/fuzz/ref_api.py` and checked by
+`tests/test_fuzz_menu.py`. Programs of earlier generator versions that once
+failed are kept as source under `tests/fuzz/frozen/` (`FrozenProgramsTest`).
 """
+import os
+
 from absl.testing import absltest
 from absl.testing import parameterized
 import jax
@@ -30,21 +39,23 @@ PER_SHARD = 20   # SHARDS * PER_SHARD programs: seeds FIRST_SEED + [0, 180)
 
 # Seeds beyond that range that failed in `python -m tests.fuzz.run` scale runs
 # (seeds 0-9999), one or a few per distinct bug, some on one JAX version only;
-# all fixed, kept as regression cases. They are seeds of the generator before
-# motifs were added: `gen.generate(seed, legacy=True)` (`run --legacy`).
-# Standalone reproducers of the bugs: tests/fuzz/repros/, as tests:
-# tests/test_fuzz_regressions.py. (Seed 4918, a JAX bug without remat, is
-# there too.)
+# all fixed, kept as regression cases. They are seeds of generator 1 before
+# motifs were added; their programs are frozen as tests/fuzz/frozen/
+# legacy_<seed>.py (that generator is gone). Standalone reproducers of the
+# bugs: tests/fuzz/repros/, as tests: tests/test_fuzz_regressions.py. (Seed
+# 4918, a JAX bug without remat, is there too.)
 FOUND_BY_SCALE_RUNS = (182, 186, 209, 219, 273, 281, 291, 306, 336, 383, 912,
                        928, 1035, 1060, 1085, 1189, 1380, 2622, 2786, 4198,
                        4326, 4390, 5308, 5403, 5859, 6465, 7446, 9608)
-# Seeds of the current generator that failed in scale runs of the value-form
-# core, all fixed. 214 (jax 0.10.2, vjp): a scan body whose jit takes a ref
-# the loop writes beside one it only reads; JAX's jit discharge takes all of
-# an equation's refs, so hoisting the read-only one was refused ("Did not ask
-# for inval to be discharged"); such a loop is now partially evaluated as
-# upstream does it.
+# Seeds of generator 1 with motifs (before ref kinds, with_refs, aliasing,
+# tied weights and while loops) that failed in scale runs of the value-form
+# core, all fixed; frozen as tests/fuzz/frozen/gen1_<seed>.py. 214 (jax
+# 0.10.2, vjp): a scan body whose jit takes a ref the loop writes beside one
+# it only reads; JAX's jit discharge takes all of an equation's refs, so
+# hoisting the read-only one was refused ("Did not ask for inval to be
+# discharged"); such a loop is now partially evaluated as upstream does it.
 FOUND_BY_VALUE_FORM_RUNS = (214,)
+FROZEN_DIR = os.path.join(os.path.dirname(__file__), "fuzz", "frozen")
 
 
 GEN2_FIRST_SEED = 0
@@ -82,20 +93,6 @@ class FuzzTest(jtu.JaxTestCase):
     # runnable programs would otherwise pass vacuously.
     self.assertGreaterEqual(compared, PER_SHARD // 2)
 
-  @parameterized.named_parameters((f"_seed_{s}", s)
-                                  for s in FOUND_BY_VALUE_FORM_RUNS)
-  def test_seed_found_by_value_form_runs(self, seed):
-    failures, compared = _check([seed])
-    self.assertEmpty(failures, msg="\n\n".join(failures))
-    self.assertEqual(compared, 1)
-
-  @parameterized.named_parameters((f"_seed_{s}", s) for s in FOUND_BY_SCALE_RUNS)
-  def test_seed_found_by_scale_runs(self, seed):
-    failures, compared = _check(
-        [seed], lambda s: gen.generate(s, legacy=True), "--legacy --minimize")
-    self.assertEmpty(failures, msg="\n\n".join(failures))
-    self.assertEqual(compared, 1)
-
   def test_oracle_detects_a_difference(self):
     # The comparison itself must catch a wrong gradient and a wrong ref.
     expected = dict(out=(1.0,), grads=(2.0,), refs={"r": 3.0}, calls=1)
@@ -128,9 +125,39 @@ class FuzzTest(jtu.JaxTestCase):
 
   def test_generation_is_deterministic(self):
     for seed in (0, 7, 20000):
-      for legacy in (False, True):
-        self.assertEqual(gen.generate(seed, legacy).source(),
-                         gen.generate(seed, legacy).source())
+      self.assertEqual(gen.generate(seed).source(), gen.generate(seed).source())
+
+  def test_aliasing_error_is_accepted_only_for_aliased_programs(self):
+    # Issue 20's program 2 (a ref passed twice to a remat): the remat run
+    # raises JAX's aliasing error, which counts only where ALIASED is set.
+    program = known_shapes.shape_h()
+    outcome = oracle.check_program(program)
+    self.assertEqual(outcome.kind, "ok", msg="\n".join(outcome.details))
+    self.assertEqual(outcome.modes_aliasing_error, len(program.modes))
+    program.aliased = False
+    outcome = oracle.check_program(program)
+    self.assertEqual(outcome.kind, "error")
+    self.assertIn("only one reference to a mutable array", outcome.details[0])
+
+  def test_aliasing_error_text(self):
+    self.assertTrue(oracle.is_aliasing_error(ValueError(
+        oracle.ALIASING_ERROR_START + ", but when tracing f ...")))
+    self.assertTrue(oracle.is_aliasing_error(ValueError(
+        "when tracing f for checkpoint / remat, a mutable array reference of "
+        "type Ref{float32[]} was both closed over and passed as the argument a")))
+    self.assertFalse(oracle.is_aliasing_error(ValueError("shapes differ")))
+    self.assertFalse(oracle.is_aliasing_error(
+        TypeError(oracle.ALIASING_ERROR_START)))
+
+  def test_backward_pass_writing_refs_is_an_oracle_error(self):
+    # JAX's linearize of a while loop replays the loop's ref writes in the
+    # linear function (without remat); the oracle must not trust it.
+    run = dict(out=(1.0,), refs={"r": 1.0}, refs_before_bwd={"r": 1.0},
+               refs_at_end={"r": 2.0})
+    with self.assertRaises(oracle.OracleInconsistent):
+      oracle._check_forward("linearize", dict(out=(1.0,), refs={"r": 1.0}), run)
+    run["refs_at_end"] = {"r": 1.0}
+    oracle._check_forward("linearize", dict(out=(1.0,), refs={"r": 1.0}), run)
 
 
 class Fuzz2Test(jtu.JaxTestCase):
@@ -195,14 +222,42 @@ class Fuzz2Test(jtu.JaxTestCase):
 
 class KnownShapesTest(jtu.JaxTestCase):
   """Hand-written programs of the shapes the generators were widened for
-  (`tests.fuzz.known_shapes`); each once differed with remat."""
+  (`tests.fuzz.known_shapes`); each once differed with remat (h: issue 20's
+  aliased ref, which raises JAX's aliasing error with remat)."""
 
   @parameterized.named_parameters(
-      (f"_{letter}", letter) for letter in known_shapes.SHAPES)
+      (f"_{letter}", letter) for letter in known_shapes.AVAILABLE)
   def test_remat_is_transparent(self, letter):
-    outcome = oracle.check_program(known_shapes.SHAPES[letter]())
+    program = known_shapes.SHAPES[letter]()
+    outcome = oracle.check_program(program)
     self.assertEqual(outcome.kind, "ok", msg="\n".join(outcome.details))
+    modes = program.modes if program.modes is not None else program.all_modes()
+    if program.aliased:
+      self.assertEqual(outcome.modes_aliasing_error, len(modes))
+    else:
+      self.assertEqual(outcome.modes_compared, len(modes))
+
+
+class FrozenProgramsTest(jtu.JaxTestCase):
+  """Programs of earlier generator versions that once failed
+  (tests/fuzz/frozen/, see its README), run from their frozen source."""
+
+  @parameterized.named_parameters(
+      [(f"_legacy_seed_{s}", f"legacy_{s}.py") for s in FOUND_BY_SCALE_RUNS]
+      + [(f"_gen1_seed_{s}", f"gen1_{s}.py") for s in FOUND_BY_VALUE_FORM_RUNS])
+  def test_remat_is_transparent(self, filename):
+    with open(os.path.join(FROZEN_DIR, filename), encoding="utf-8") as fh:
+      source = fh.read()
+    outcome = oracle.check_source(source, filename)
+    self.assertFalse(outcome.failed, msg="\n".join(outcome.details)
+                     + f"\n--- reproducer: tests/fuzz/frozen/{filename}")
     self.assertGreaterEqual(outcome.modes_compared, 1)
+
+  def test_every_frozen_file_is_run(self):
+    names = {f"legacy_{s}.py" for s in FOUND_BY_SCALE_RUNS}
+    names |= {f"gen1_{s}.py" for s in FOUND_BY_VALUE_FORM_RUNS}
+    on_disk = {f for f in os.listdir(FROZEN_DIR) if f.endswith(".py")}
+    self.assertEqual(on_disk, names)
 
 
 if __name__ == "__main__":

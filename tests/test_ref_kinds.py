@@ -169,6 +169,22 @@ class RefKindTest(TransparencyMixin, jtu.JaxTestCase):
     _, count, _ = self.assertTransparent(counter_and_running_stat)
     self.assertEqual(int(count), 2)
 
+  def test_one_remat_function_on_refs_of_both_kinds(self):
+    # One decorated function called on a default-kind ref and on a
+    # no_grad_no_remat ref: JAX's trace caches, keyed on avals that left the
+    # kind out, once handed the second call the first call's jaxpr.
+    def prog(remat):
+      k = kind_ref(jnp.float32(1.))
+      def f(x):
+        t = jax.new_ref(jnp.float32(0.))
+        @remat
+        def g(h, r):
+          r[...] = jnp.sin(h)
+          return r[...] * 2.
+        return g(x, t) + g(x, k)
+      return jax.grad(f)(jnp.float32(1.)), k[...]
+    self.assertTransparent(prog, expected=(2. * np.cos(1.), np.sin(1.)))
+
   def test_addupdate_is_made_under_grad(self):
     # JAX's own addupdate JVP dropped this update (jax <= 0.12); the sums by
     # hand: a = 1 + 2y, f = sum(a * y), no gradient through a.

@@ -10,6 +10,10 @@
   the backward pass / linearize / jvp / hessian.
 * `tests.fuzz.known_shapes`: hand-written programs of the shapes the two
   generators were widened for.
+* `tests.fuzz.ref_api` lists JAX's ref API and maps each entry to the
+  generator feature exercising it (or a reason to leave it out).
 * `tests.fuzz.minimize` shrinks a failing program.
+* `tests/fuzz/frozen/`: programs of earlier generator versions that once
+  failed, kept as source.
 * ``python -m tests.fuzz.run --n N --seed S`` is the command-line runner.
 """

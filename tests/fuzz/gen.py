@@ -20,6 +20,23 @@ while enclosing remats read it before and after, jit blocks, refs made from
 the value inside remat bodies, and `lax.stop_gradient` writes into external
 refs at the end of a body. These are the shapes independent statements
 rarely line up into.
+
+Ref API features (`tests.fuzz.ref_api` maps JAX's ref API onto them; each
+program lists its tags in ``Program.features`` and its source's docstring):
+refs of kind ``"no_grad_no_remat"`` (external and made inside; they take
+differentiated values without `lax.stop_gradient`, their reads carry no
+gradient), `jax.ref.get` / `set` / `swap` / `addupdate`, refs made inside
+that end frozen (`jax.ref.freeze`) or freed (`jax.ref.free_ref`) or start
+empty (`jax.ref.empty_ref`, under jit), a ``vjp_refs`` mode accumulating
+gradients into refs through the vjp function's ``with_refs``
+(`jax.ad.GradValue` / `DontWant` for some inputs), one remat function
+applied to several refs (tied weights), `lax.while_loop` and
+`lax.fori_loop` with a traced trip count over values without gradient
+(JAX cannot reverse-differentiate a while loop), and a small share of
+programs handing one ref to a remat twice (``ALIASED``: JAX's aliasing
+error from the remat run is accepted, see `tests.fuzz.oracle`). Features
+the installed JAX lacks are not generated (the random draws are made either
+way).
 """
 from __future__ import annotations
 
@@ -29,6 +46,8 @@ import random
 from typing import Optional
 
 import numpy as np
+
+from tests.fuzz import ref_api
 
 POLICIES = (
     None,
@@ -45,12 +64,13 @@ REF_BOUND = 3.0     # assumed bound of a float ref read
 INT_BOUND = 8.0     # assumed bound of an int ref read (as float)
 
 
-def source_header(what: str) -> list:
+def source_header(what: str, features=()) -> list:
   """The first lines of a printed program (both generators use them)."""
   return [
       f'"""Fuzz program ({what}): remat must be transparent.',
       "",
       "Run it: it prints each mode with and without remat; they must agree.",
+      *([f"Features: {', '.join(sorted(features))}."] if features else []),
       '"""',
       "import numpy as np",
       "import jax",
@@ -101,6 +121,10 @@ class Remat:
   prevent_cse: bool
   jit: str = "none"     # "none" | "inner" (remat(jit(f))) | "outer" (jit(remat(f)))
   enabled: bool = True  # False: no remat wrapper at all (used when minimizing)
+  call_args: Optional[list] = None  # arguments of the call when not `params`
+                                    # (a ref passed twice: aliasing)
+  calls: Optional[list] = None      # (args, outs) per call: one function
+                                    # called several times (tied weights)
 
   def emit(self, ind):
     lines = [f"{ind}def {self.name}({', '.join(self.params)}):"]
@@ -116,8 +140,11 @@ class Remat:
       lines.append(f"{ind}{self.name} = ckpt({self.name}, {', '.join(kw)})")
     if self.jit == "outer":
       lines.append(f"{ind}{self.name} = jax.jit({self.name})")
-    call = f"{self.name}({', '.join(self.params)})"
-    lines.append(f"{ind}{_tup(self.outs)} = {call}" if self.outs else ind + call)
+    calls = self.calls if self.calls is not None else [
+        (self.params if self.call_args is None else self.call_args, self.outs)]
+    for args, outs in calls:
+      call = f"{self.name}({', '.join(args)})"
+      lines.append(f"{ind}{_tup(outs)} = {call}" if outs else ind + call)
     return lines
 
   def children(self):
@@ -178,6 +205,33 @@ class Fori:
 
 
 @dataclasses.dataclass
+class While:
+  """``lax.while_loop`` over ``(index, *carry)`` while ``index < trips``."""
+  name: str
+  index: str
+  trips: str            # an int expression (may read an int ref)
+  carry: list
+  body: list
+  rets: list
+  outs: list
+
+  def emit(self, ind):
+    lines = [f"{ind}def c{self.name}(s):",
+             f"{ind}  return s[0] < {self.trips}",
+             f"{ind}def {self.name}(s):",
+             f"{ind}  {_tup([self.index] + self.carry)} = s"]
+    lines += _emit_body(self.body, ind + "  ")
+    lines.append(f"{ind}  return {_tup([self.index + ' + 1'] + self.rets)}")
+    call = (f"lax.while_loop(c{self.name}, {self.name}, "
+            f"{_tup(['jnp.int32(0)'] + self.carry)})")
+    lines.append(f"{ind}{_tup(['_'] + self.outs)} = {call}")
+    return lines
+
+  def children(self):
+    return [self.body]
+
+
+@dataclasses.dataclass
 class Scan:
   name: str
   xname: str
@@ -213,6 +267,12 @@ class RefDecl:
   dtype: str            # "float32" | "int32"
   value: np.ndarray
   passing: str          # "arg" | "closure"
+  kind: Optional[str] = None  # jax.new_ref(..., kind=kind)
+
+
+def _new_ref_src(r: RefDecl) -> str:
+  kw = f", kind={r.kind!r}" if r.kind else ""
+  return f"jax.new_ref({_array_src(r.value, r.dtype)}{kw})"
 
 
 @dataclasses.dataclass
@@ -225,9 +285,15 @@ class Program:
   jit: bool             # jax.jit around the whole function
   jit_grad: bool        # also run jax.jit(jax.grad(...)) as a mode
   modes: Optional[tuple] = None  # run only these modes (set when minimizing)
+  grad_specs: Optional[tuple] = None  # per input "ref" | "value" | "dontwant":
+                                      # also run the vjp_refs mode
+  aliased: bool = False  # a ref reaches a remat twice: JAX's aliasing error
+                         # from the remat run is an accepted outcome
+  features: set = dataclasses.field(default_factory=set)  # ref_api.FEATURES
 
   def all_modes(self):
-    return ("primal", "vjp") + (("jit_grad",) if self.jit_grad else ())
+    return (("primal", "vjp") + (("jit_grad",) if self.jit_grad else ())
+            + (("vjp_refs",) if self.grad_specs else ()))
 
   def copy(self):
     return copy.deepcopy(self)
@@ -237,7 +303,7 @@ class Program:
     args = [r.name for r in self.refs if r.passing == "arg"]
     xs = [n for n, _ in self.inputs]
     out = [
-        *source_header(f"seed {self.seed}"),
+        *source_header(f"seed {self.seed}", self.features),
         "",
         "CALLS = [0]",
         "",
@@ -257,7 +323,7 @@ class Program:
     out.append("  return jax.jit(f)" if self.jit else "  return f")
     out += ["", "", "def make_refs():", "  return {"]
     for r in self.refs:
-      out.append(f"      {r.name!r}: jax.new_ref({_array_src(r.value, r.dtype)}),")
+      out.append(f"      {r.name!r}: {_new_ref_src(r)},")
     out += ["  }", "", ""]
     out.append("XS = (" + "".join(
         _array_src(v, "float32") + ", " for _, v in self.inputs) + ")")
@@ -265,6 +331,9 @@ class Program:
     out.append(f"ARG_REFS = {tuple(args)!r}")
     modes = self.all_modes() if self.modes is None else self.modes
     out.append(f"MODES = {tuple(modes)!r}")
+    out.append(f"GRAD_SPECS = {tuple(self.grad_specs or ())!r}")
+    out.append(f"ALIASED = {self.aliased!r}")
+    out.append(f"FEATURES = {tuple(sorted(self.features))!r}")
     out += HARNESS.splitlines()
     return "\n".join(out) + "\n"
 
@@ -272,11 +341,12 @@ class Program:
 def _array_src(v, dtype):
   v = np.asarray(v)
   conv = (lambda x: str(np.float32(x))) if dtype == "float32" else str
-  if v.ndim == 0:
-    lit = conv(v.item())
-  else:
-    lit = "[" + ", ".join(conv(x) for x in v.tolist()) + "]"
-  return f"np.array({lit}, np.{dtype})"
+
+  def lit(x):
+    if isinstance(x, list):
+      return "[" + ", ".join(lit(e) for e in x) + "]"
+    return conv(x)
+  return f"np.array({lit(v.tolist())}, np.{dtype})"
 
 
 HARNESS = '''
@@ -319,7 +389,35 @@ def run_jit_grad(remat):
   return dict(grads=grads, refs=_contents(refs))
 
 
-RUNNERS = dict(primal=run_primal, vjp=run_vjp, jit_grad=run_jit_grad)
+def _grad_targets():
+  """What `with_refs` gets per input (GRAD_SPECS): a ref holding 0.5 to
+  accumulate into, `jax.ad.GradValue()` or `jax.ad.DontWant()`."""
+  targets, grad_refs = [], {}
+  for k, (spec, x) in enumerate(zip(GRAD_SPECS, XS)):
+    if spec == "ref":
+      grad_refs[f"g{k}"] = jax.new_ref(np.full(np.shape(x), 0.5, np.float32))
+      targets.append(grad_refs[f"g{k}"])
+    elif spec == "value":
+      targets.append(jax.ad.GradValue())
+    else:
+      targets.append(jax.ad.DontWant())
+  return targets, grad_refs
+
+
+def run_vjp_refs(remat):
+  # Gradients through `with_refs`, twice: the second call accumulates again.
+  refs, f, args = _setup(remat)
+  out, f_vjp = jax.vjp(lambda *xs: f(*xs, *args), *XS)
+  targets, grad_refs = _grad_targets()
+  ct = jax.tree.map(jnp.ones_like, out)
+  first = f_vjp.with_refs(*targets)(ct)
+  second = f_vjp.with_refs(*targets)(ct)
+  return dict(out=out, grads=(first, second), refs=_contents(refs),
+              refs_grad=_contents(grad_refs))
+
+
+RUNNERS = dict(primal=run_primal, vjp=run_vjp, jit_grad=run_jit_grad,
+               vjp_refs=run_vjp_refs)
 
 
 if __name__ == "__main__":
@@ -346,6 +444,21 @@ class RefV:
   dtype: str            # "float32" | "int32"
   external: bool
   diff: bool = False    # created from a differentiated value
+  kind: bool = False    # kind "no_grad_no_remat": reads carry no gradient,
+                        # writes of differentiated values are allowed
+  referent: Optional[str] = None  # another name of the same ref (aliases)
+
+  @property
+  def ident(self):
+    return self.referent or self.name
+
+  @property
+  def reads_diff(self):
+    return self.diff and not self.kind
+
+  def takes_diff(self, v: "Val"):
+    """Whether `v` may be written without `lax.stop_gradient`."""
+    return self.kind or (not self.external and (not v.diff or self.diff))
 
 
 class Scope:
@@ -355,6 +468,10 @@ class Scope:
     self.idx = list(parent.idx) if parent else []        # int32 scalars
     self.remat_depth = parent.remat_depth if parent else 0
     self.ctrl_depth = parent.ctrl_depth if parent else 0
+    self.jitted = parent.jitted if parent else False     # traced under jax.jit
+    # Two names for one ref here (an aliased remat's body): jit blocks take
+    # no ref parameters (jit raises on an aliased ref without remat too).
+    self.has_aliases = parent.has_aliases if parent else False
     self.n_inherited = len(self.vals)
 
   def new_vals(self):
@@ -364,13 +481,23 @@ class Scope:
 class Generator:
   """Generates one `Program` from a seed."""
 
-  def __init__(self, seed: int, legacy: bool = False):
+  def __init__(self, seed: int):
     self.seed = seed
-    self.legacy = legacy
     self.rng = random.Random(seed)
     self.counter = 0
     self.ckpt_names = []
     self.n_remat = 0
+    self.features = set()
+    self.alias_left = 0   # remats still to get an aliased ref
+
+  def kind_kw(self, share=0.25):
+    """``, kind=...`` for a share of new refs (where JAX has ref kinds); the
+    random draw is made either way, so programs differ between JAX versions
+    only in the features one of them lacks."""
+    if self.rng.random() < share and ref_api.NO_GRAD_KIND:
+      self.features.add("kind")
+      return f", kind={ref_api.NO_GRAD_KIND!r}"
+    return ""
 
   def fresh(self, prefix):
     self.counter += 1
@@ -468,8 +595,11 @@ class Generator:
     if not refs:
       return None
     r = self.rng.choice(refs)
-    idx, _, shape = self.pick_index(scope, r)
-    v = self.add_val(scope, shape, REF_BOUND, r.diff)
+    idx, idx_obj, shape = self.pick_index(scope, r)
+    v = self.add_val(scope, shape, REF_BOUND, r.reads_diff)
+    if self.rng.random() < 0.2 and ref_api.HAS_REF_GET_SET:
+      self.features.add("ref_get")
+      return [Line(f"{v.name} = jax.ref.get({r.name}, {idx_obj})")]
     return [Line(f"{v.name} = {r.name}[{idx}]")]
 
   def s_read_int(self, scope):
@@ -554,10 +684,12 @@ class Generator:
     if b > WRITE_BOUND:
       ex = f"{self.rng.choice(('jnp.tanh', 'jnp.sin'))}({ex})"
     # Refs that are not differentiated (external ones, and internal ones made
-    # from values without gradients) only take values without gradients.
-    if (ref.external or (v.diff and not ref.diff)
-        or self.rng.random() < 0.15):
+    # from values without gradients) only take values without gradients,
+    # unless their kind allows it.
+    if not ref.takes_diff(v) or self.rng.random() < 0.15:
       ex = f"lax.stop_gradient({ex})"
+    elif ref.kind and v.diff:
+      self.features.add("kind_diff_write")
     return ex
 
   def s_write(self, scope):
@@ -567,15 +699,20 @@ class Generator:
     r = self.rng.choice(refs)
     idx, idx_obj, shape = self.pick_index(scope, r)
     val = self._write_value(scope, r, shape)
-    kind = self.rng.choices(("set", "iadd", "addupdate", "swap"),
-                            (4, 3, 0.3 if r.external else 3, 1))[0]
+    kind = self.rng.choices(("set", "iadd", "addupdate", "swap", "set_fn"),
+                            (4, 3, 0.3 if r.external else 3, 1, 1))[0]
+    if kind == "set_fn" and not ref_api.HAS_REF_GET_SET:
+      kind = "set"
     if kind == "set":
       return [Line(f"{r.name}[{idx}] = {val}")]
     if kind == "iadd":
       return [Line(f"{r.name}[{idx}] += {val}")]
+    self.features.add({"set_fn": "ref_set"}.get(kind, kind))
+    if kind == "set_fn":
+      return [Line(f"jax.ref.set({r.name}, {idx_obj}, {val})")]
     if kind == "addupdate":
       return [Line(f"jax.ref.addupdate({r.name}, {idx_obj}, {val})")]
-    v = self.add_val(scope, shape, REF_BOUND, r.diff)
+    v = self.add_val(scope, shape, REF_BOUND, r.reads_diff)
     return [Line(f"{v.name} = jax.ref.swap({r.name}, {idx_obj}, {val})")]
 
   def s_write_int(self, scope):
@@ -605,9 +742,20 @@ class Generator:
     ex, b = self.adapt(v, shape)
     if b > WRITE_BOUND:
       ex = f"jnp.tanh({ex})"
-    q = RefV(self.fresh("q"), shape, "float32", external=False, diff=v.diff)
+    kw = self.kind_kw(0.2)
+    q = RefV(self.fresh("q"), shape, "float32", external=False, diff=v.diff,
+             kind=bool(kw))
     scope.refs.append(q)
-    return [Line(f"{q.name} = jax.new_ref({ex})")]
+    self.features.add("new_ref")
+    if (scope.jitted and ref_api.HAS_EMPTY_REF and not kw
+        and scope.ctrl_depth == 0 and self.rng.random() < 0.3):
+      # Made empty, then written (jax.ref.empty_ref has no eager rule).
+      self.features.add("empty_ref")
+      return [Line(f"{q.name} = jax.ref.empty_ref(jax.typeof({ex}))"),
+              Line(f"{q.name}[...] = {ex}")]
+    if kw:   # see gen2.Generator.b_new_ref: JAX's jvp of a kind ref
+      ex = f"lax.stop_gradient({ex})"   # made from a differentiated value
+    return [Line(f"{q.name} = jax.new_ref({ex}{kw})")]
 
   # ---- compound statements ---------------------------------------------------
 
@@ -616,20 +764,35 @@ class Generator:
       return None
     self.n_remat += 1
     name = self.fresh("blk")
+    jit = self.rng.choices(("none", "inner", "outer"), (8, 1, 1))[0]
+    call_args = None
+    inner = Scope(scope)
+    inner.remat_depth += 1
     if whole:
       params = [v.name for v in scope.vals] + [r.name for r in scope.refs]
-      inner = Scope(scope)
-      inner.remat_depth += 1
+      inner.jitted |= jit != "none"
       body = self.gen_body(inner, self.budget)
     else:
       vals = self.rng.sample(scope.vals, self.rng.randint(0, min(3, len(scope.vals))))
       refs = self.rng.sample(scope.refs, self.rng.randint(0, len(scope.refs)))
       params = [v.name for v in vals] + [r.name for r in refs]
-      inner = Scope(scope)
-      inner.remat_depth += 1
-      body = self.gen_body(inner, self.rng.randint(1, 5))
+      floats = [r for r in scope.refs if r.dtype == "float32"]
+      pre = []
+      if self.alias_left and floats:
+        # A ref reaching the remat twice: passed twice, or closed over and
+        # passed. No jit around it: jit rejects that without remat too.
+        self.alias_left -= 1
+        self.features.add("aliased")
+        jit = "none"
+        pre, alias_params, alias_args = self._aliases(inner, self.rng.choice(floats))
+        params = [v.name for v in vals] + alias_params
+        call_args = [v.name for v in vals] + alias_args
+      if scope.has_aliases and jit != "none":
+        params = [v.name for v in vals]
+      inner.jitted |= jit != "none"
+      body = pre + self.gen_body(inner, self.rng.randint(1, 5))
     new = inner.new_vals()
-    if not self.legacy and new and self.rng.random() < 0.2:
+    if new and self.rng.random() < 0.2:
       body += self._sg_write_end(inner, self.rng.choice(new))
     k = self.rng.choice((0, 1, 1, 2, 2, 3)) if not whole else min(3, max(1, len(new)))
     rets = []
@@ -638,9 +801,32 @@ class Generator:
       rets.append(self.rng.choice(pool))
     outs = [self.add_val(scope, v.shape, v.bound, v.diff) for v in rets]
     policy = self.pick_policy()
-    jit = self.rng.choices(("none", "inner", "outer"), self.jit_weights)[0]
     return [Remat(name, params, body, [v.name for v in rets],
-                  [v.name for v in outs], policy, self.rng.random() < 0.5, jit)]
+                  [v.name for v in outs], policy, self.rng.random() < 0.5, jit,
+                  call_args=call_args)]
+
+  def _aliases(self, inner, r):
+    """Parameters naming ref `r` inside a remat body `inner`: (first lines
+    of the body, parameter names, argument names). Either two parameters
+    both given `r`, or one given `r` while the body also closes over it; the
+    first lines read through one name and write through the other."""
+    inner.has_aliases = True
+    a = dataclasses.replace(r, name=self.fresh("pa"), referent=r.ident)
+    if self.rng.random() < 0.6:
+      b = dataclasses.replace(r, name=self.fresh("pb"), referent=r.ident)
+      inner.refs = [q for q in inner.refs if q is not r] + [a, b]
+      params, args = [a.name, b.name], [r.name, r.name]
+    else:
+      b = r
+      inner.refs = inner.refs + [a]
+      params, args = [a.name], [r.name]
+    if self.rng.random() < 0.5:
+      a, b = b, a
+    at = self._at(b)
+    # What r reads, r takes (external refs read no gradient).
+    val = f"jnp.tanh(jnp.sum({a.name}[...])) * 0.25"
+    line = Line(f"{b.name}[{at}] = {b.name}[{at}] * 0.5 + {val}")
+    return [line], params, args
 
   def _pred(self, scope):
     irefs = [r for r in scope.refs if r.dtype == "int32"]
@@ -692,8 +878,121 @@ class Generator:
     body = self.gen_body(inner, self.rng.randint(1, 4))
     rets = [self._carry_update(inner, c) for c in carry]
     outs = [self.add_val(scope, c.shape, max(c.bound, 1.0), c.diff) for c in carry]
+    self.features.add("fori_static")
     return [Fori(name, index, self.rng.randint(1, 3), [c.name for c in carry],
                  body, rets, [v.name for v in outs])]
+
+  def s_while(self, scope):
+    """A `lax.while_loop`, or a `lax.fori_loop` whose trip count is traced
+    (a while loop under tracing), reading and writing refs. JAX cannot
+    reverse-differentiate a while loop, so nothing differentiated enters:
+    the carries are `lax.stop_gradient` copies, the body sees no other
+    values and only refs whose reads carry no gradient (external ones and
+    kind refs)."""
+    if scope.ctrl_depth >= 2 or not scope.vals:
+      return None
+    srcs = self.rng.sample(scope.vals, self.rng.randint(1, min(2, len(scope.vals))))
+    pre, carry = [], []
+    for v in srcs:
+      c = self.add_val(scope, v.shape, v.bound)
+      pre.append(Line(f"{c.name} = lax.stop_gradient({v.name})"))
+      carry.append(c)
+    index = self.fresh("i")
+    inner = Scope(scope)
+    inner.ctrl_depth += 1
+    inner.idx.append(index)
+    inner.vals = list(carry)
+    inner.n_inherited = len(carry)
+    inner.refs = [r for r in scope.refs
+                  if r.dtype == "int32" or r.external or r.kind]
+    irefs = [r for r in inner.refs if r.dtype == "int32"]
+    k = self.rng.randint(1, 3)
+    trips = str(k)
+    if irefs and self.rng.random() < 0.5:
+      ir = self.rng.choice(irefs)
+      trips = f"{ir.name}[{'...' if ir.shape == () else 0}] % {k} + 1"
+    form = "fori" if self.rng.random() < 0.35 else "while"
+    if form == "while" and trips != str(k):
+      # A ref the condition reads and the body uses reaches while_loop twice
+      # (JAX raises its aliasing error outside jit, without remat).
+      inner.refs = [r for r in inner.refs if r is not ir]
+    body = []
+    floats = [r for r in inner.refs if r.dtype == "float32" and r.shape]
+    if floats and self.rng.random() < 0.7:   # a read-modify-write at the index
+      r = self.rng.choice(floats)
+      at = f"{index} % {r.shape[0]}"
+      c = self.rng.choice(carry)
+      ex, _ = self.adapt(c, ())
+      body.append(Line(f"{r.name}[{at}] = {r.name}[{at}] * 0.5 + "
+                       f"jnp.tanh({ex}) * 0.25"))
+    body += self.gen_body(inner, self.rng.randint(1, 3))
+    rets = [self._carry_update(inner, c) for c in carry]
+    outs = [self.add_val(scope, c.shape, max(c.bound, 1.0)) for c in carry]
+    name = self.fresh("wl")
+    if form == "fori":
+      self.features.add("fori_dynamic")
+      if trips == str(k):  # traced wherever the carry is
+        ex, _ = self.adapt(carry[0], ())
+        trips = f"(jnp.sum({ex}) > 100.0).astype(jnp.int32) + {k}"
+      return pre + [Fori(name, index, trips, [c.name for c in carry], body,
+                         rets, [v.name for v in outs])]
+    self.features.add("while_loop")
+    return pre + [While(name, index, trips, [c.name for c in carry], body,
+                        rets, [v.name for v in outs])]
+
+  def s_tied(self, scope):
+    """One remat-decorated function applied to several refs in turn (tied
+    weights: ``h = blk(h, w0); h = blk(h, w1); h = blk(h, w1)``), the last
+    one twice in a row."""
+    if scope.remat_depth >= self.max_remat_depth:
+      return None
+    groups = {}
+    for r in scope.refs:
+      if r.dtype == "float32":
+        groups.setdefault(r.shape, []).append(r)
+    if not groups:
+      return None
+    group = max(groups.values(), key=len)
+    passed = self.rng.sample(group, min(len(group), self.rng.randint(2, 3)))
+    seq = passed + [passed[-1]]
+    diff = [v for v in scope.vals if v.diff]
+    h = self.rng.choice(diff[-4:]) if diff else self.pick_val(scope)
+    self.n_remat += 1
+    self.features.add("tied")
+    name = self.fresh("tied")
+    hp = Val(self.fresh("hp"), h.shape, max(h.bound, 1.0), True)
+    wp = RefV(self.fresh("wp"), group[0].shape, "float32",
+              external=any(r.external for r in passed),
+              diff=all(r.diff for r in passed),
+              kind=all(r.kind for r in passed))
+    inner = Scope(scope)
+    inner.remat_depth += 1
+    gone = {r.ident for r in passed}
+    inner.refs = [r for r in scope.refs if r.ident not in gone] + [wp]
+    inner.vals.append(hp)
+    jit = self.rng.choices(("none", "inner", "outer"), (6, 1, 1))[0]
+    if scope.has_aliases:
+      jit = "none"
+    inner.jitted |= jit != "none"
+    idx, _, shape = self.pick_index(inner, wp)
+    rv = self.add_val(inner, shape, REF_BOUND, wp.reads_diff)
+    body = [Line(f"{rv.name} = {wp.name}[{idx}]")]
+    body += self.gen_body(inner, self.rng.randint(1, 3))
+    if self.rng.random() < 0.7:   # each call updates its own ref
+      at, _, wshape = self.pick_index(inner, wp)
+      body.append(Line(f"{wp.name}[{at}] = "
+                       f"{self._write_value(inner, wp, wshape)}"))
+    ex, _ = self.adapt(self.pick_val(inner, prefer_new=0.9), h.shape)
+    out = self.add_val(inner, h.shape, 1.0, True)
+    body.append(Line(f"{out.name} = jnp.tanh({hp.name} * 0.5 + {ex})"))
+    calls = []
+    cur = h
+    for w in seq:
+      nxt = self.add_val(scope, h.shape, 1.0, True)
+      calls.append(([cur.name, w.name], [nxt.name]))
+      cur = nxt
+    return [Remat(name, [hp.name, wp.name], body, [out.name], [cur.name],
+                  self.pick_policy(), self.rng.random() < 0.5, jit, calls=calls)]
 
   def s_scan(self, scope):
     if scope.ctrl_depth >= 2:
@@ -791,8 +1090,10 @@ class Generator:
     if self.rng.random() < 0.7:
       return self.rng.choice(self.CONSTS)
     ex = f"jnp.tanh({self._elem(h)}) * 0.25"
-    if r.external or not r.diff or self.rng.random() < 0.3:
+    if not r.takes_diff(h) or self.rng.random() < 0.3:
       ex = f"lax.stop_gradient({ex})"
+    elif r.kind and h.diff:
+      self.features.add("kind_diff_write")
     return ex
 
   def _squashed(self, scope, h, expr, bound, diff=True):
@@ -810,7 +1111,7 @@ class Generator:
     else:
       expr = f"{h.name} + jnp.tanh(jnp.sum({r.name}[...])) * 0.5"
       b = h.bound + 0.5
-    stmts, v = self._squashed(scope, h, expr, b, h.diff or r.diff)
+    stmts, v = self._squashed(scope, h, expr, b, h.diff or r.reads_diff)
     return stmts, v, r
 
   def m_inc(self, scope, h, r):
@@ -861,17 +1162,49 @@ class Generator:
                  f"{t.name}[...] * 0.5")]
 
   def m_sg_write(self, scope, h, r):
-    if not r.external and r.diff and self.rng.random() < 0.5:
+    if r.takes_diff(h) and (r.kind or r.diff) and self.rng.random() < 0.5:
+      if r.kind and h.diff:
+        self.features.add("kind_diff_write")
       return [Line(f"{r.name}[...] = jnp.cos({h.name}) + {r.name}[...] * 0.5")], h, r
     stmts = self._sg_write_end(scope, h)
     return (stmts, h, r) if stmts else None
 
   def m_new_ref(self, scope, h, r):
-    t = RefV(self.fresh("t"), h.shape, "float32", external=False, diff=h.diff)
+    kw = self.kind_kw(0.2)
+    t = RefV(self.fresh("t"), h.shape, "float32", external=False, diff=h.diff,
+             kind=bool(kw))
+    self.features.add("new_ref")
+    # How the ref ends: kept (later pieces may use it), frozen into its
+    # value, freed after its last read; or made empty (inside jit only).
+    end = self.rng.choices(("keep", "freeze", "free", "empty"), (5, 2, 1.5, 1.5))[0]
+    # JAX itself (without remat) rejects free_ref of a kind ref under grad
+    # (a Zero tangent into free_ref) and, under vjp, an empty_ref in a jit
+    # inside a loop body ("returned a mutable array reference").
+    if (end == "freeze" and not ref_api.HAS_FREEZE) or (
+        end == "free" and not (ref_api.HAS_FREE_REF and not kw)) or (
+            end == "empty" and not (scope.jitted and ref_api.HAS_EMPTY_REF
+                                    and not kw and scope.ctrl_depth == 0)):
+      end = "keep"
+    if end == "empty":
+      self.features.add("empty_ref")
+      stmts = [Line(f"{t.name} = jax.ref.empty_ref(jax.typeof({h.name}))"),
+               Line(f"{t.name}[...] = {h.name}")]
+    else:
+      init = f"lax.stop_gradient({h.name})" if kw else h.name  # as s_new_ref
+      stmts = [Line(f"{t.name} = jax.new_ref({init}{kw})")]
+    stmts.append(
+        Line(f"{t.name}[...] = {t.name}[...] * 2 + jnp.sin({t.name}[...])"))
+    final = f"{t.name}[...]"
+    if end == "freeze":
+      self.features.add("freeze")
+      final = f"jax.ref.freeze({t.name})"
+    more, v = self._squashed(scope, h, final, 2 * h.bound + 1, t.reads_diff)
+    if end == "free":
+      self.features.add("free_ref")
+      more.append(Line(f"jax.ref.free_ref({t.name})"))
+    if end in ("freeze", "free"):
+      return stmts + more, v, r
     scope.refs.append(t)
-    stmts = [Line(f"{t.name} = jax.new_ref({h.name})"),
-             Line(f"{t.name}[...] = {t.name}[...] * 2 + jnp.sin({t.name}[...])")]
-    more, v = self._squashed(scope, h, f"{t.name}[...]", 2 * h.bound + 1, h.diff)
     # The rest of the chain works on the new ref half the time.
     return stmts + more, v, (t if self.rng.random() < 0.5 else r)
 
@@ -899,9 +1232,10 @@ class Generator:
     else:
       ret = f"jnp.tanh({hh.name} * {rr.name}[{self._at(rr, idx)}]) + {hh.name} * 0.5"
     # |carry| <= R + |carry| / 2 stays below 2 R = SQUASH_AT.
-    out = self.add_val(scope, h.shape, 2 * REF_BOUND, h.diff or hh.diff or rr.diff)
+    out = self.add_val(scope, h.shape, 2 * REF_BOUND, h.diff or hh.diff or rr.reads_diff)
     trips = self.rng.randint(1, 3)
     if self.rng.random() < 0.6:
+      self.features.add("fori_static")
       return [Fori(self.fresh("loop"), idx, trips, [h.name], body, [ret],
                    [out.name])], out, r
     y = self.rng.choice((f"{rr.name}[{self._at(rr, idx)}]",
@@ -913,8 +1247,11 @@ class Generator:
   def _motif_block(self, scope, h, r, remat):
     self.motif_nodes -= 1
     inner = Scope(scope)
+    jit = "inner"
     if remat:
       inner.remat_depth += 1
+      jit = self.rng.choices(("none", "inner", "outer"), (6, 1, 1))[0]
+    inner.jitted |= jit != "none"
     body = []
     hh = h
     if remat and self.rng.random() < 0.5:      # a read before the nested call
@@ -928,10 +1265,11 @@ class Generator:
     if remat and self.rng.random() < 0.35:     # a stop_gradient write at the end
       body += self._sg_write_end(inner, hh)
     refs = [q for q in scope.refs if self.rng.random() < 0.3]
+    if scope.has_aliases and jit != "none":
+      refs = []
     params = [h.name] + [q.name for q in refs]
     out = self.add_val(scope, h.shape, hh.bound, hh.diff)
     if remat:
-      jit = self.rng.choices(("none", "inner", "outer"), (6, 1, 1))[0]
       blk = Remat(self.fresh("blk"), params, body, [hh.name], [out.name],
                   self.pick_policy(), self.rng.random() < 0.5, jit)
     else:
@@ -950,7 +1288,7 @@ class Generator:
 
   SIMPLE = dict(read=6, read_int=2, unary=4, binary=5, dot=2, where=2, sum=1,
                 name=2, stop=1, callback=2, write=7, write_int=2, new_ref=2)
-  COMPOUND = dict(remat=4, cond=2, fori=2, scan=2, motif=2)
+  COMPOUND = dict(remat=4, cond=2, fori=2, scan=2, motif=2, while_=1.5, tied=1)
 
   def gen_body(self, scope, n):
     stmts = []
@@ -960,12 +1298,10 @@ class Generator:
       table = dict(self.SIMPLE)
       if self.budget > 3:
         table.update(self.COMPOUND)
-        if self.legacy:
-          del table["motif"]
       kinds, weights = zip(*table.items())
       for _attempt in range(10):
         kind = self.rng.choices(kinds, weights)[0]
-        got = getattr(self, "s_" + kind)(scope)
+        got = getattr(self, "s_" + kind.rstrip("_"))(scope)
         if got is not None:
           break
       else:
@@ -979,11 +1315,15 @@ class Generator:
     self.n = n = rng.choice((2, 3, 4))
     self.budget = rng.randint(4, 16)
     self.max_remat_depth = rng.choice((1, 2, 2, 3))
-    self.jit_weights = (10, 1, 1) if self.legacy else (8, 1, 1)
     # Loops, remats and jit blocks in motifs.
-    self.motif_nodes = 0 if self.legacy else rng.randint(2, 6)
+    self.motif_nodes = rng.randint(2, 6)
     self.last_motif = None
+    jit = rng.random() < 0.15
+    # A small share of programs hand one ref to a remat twice.
+    self.alias_left = int(rng.random() < 0.15)
+    tied = rng.random() < 0.12
     top = Scope()
+    top.jitted = jit
     inputs = []
     for _ in range(rng.randint(1, 3)):
       shape = rng.choice(((), (n,)))
@@ -992,12 +1332,16 @@ class Generator:
       inputs.append((v.name, self.rand_values(shape)))
     refs = []
     n_float = rng.randint(1, 4)
-    for _ in range(n_float):
-      shape = rng.choice(((), (n,), (n,)))
-      name = self.fresh("r")
+    for k in range(n_float + 2 * tied):
+      # Tied-weight programs get two more refs shaped (n,): layers.
+      shape = rng.choice(((), (n,), (n,))) if k < n_float else (n,)
+      name = self.fresh("r" if k < n_float else "w")
+      kw = self.kind_kw(0.2)
+      kind = ref_api.NO_GRAD_KIND if kw else None
       refs.append(RefDecl(name, "float32", self.rand_values(shape),
-                          rng.choice(("arg", "closure"))))
-      top.refs.append(RefV(name, shape, "float32", external=True))
+                          rng.choice(("arg", "closure")), kind))
+      top.refs.append(RefV(name, shape, "float32", external=True,
+                           kind=bool(kind)))
     if rng.random() < 0.4:
       shape = rng.choice(((), (n,)))
       name = self.fresh("ri")
@@ -1006,10 +1350,7 @@ class Generator:
       refs.append(RefDecl(name, "int32", value, rng.choice(("arg", "closure"))))
       top.refs.append(RefV(name, shape, "int32", external=True))
 
-    if self.legacy:
-      kind = "whole" if rng.random() < 0.25 else "free"
-    else:
-      kind = rng.choices(("whole", "motif", "free"), (0.2, 0.3, 0.5))[0]
+    kind = rng.choices(("whole", "motif", "free"), (0.2, 0.3, 0.5))[0]
     if kind == "whole":
       body = self.s_remat(top, whole=True)
     elif kind == "motif":
@@ -1019,26 +1360,37 @@ class Generator:
       self.last_motif = self.motif_out
       self.budget = max(self.budget, 2)
       body += self.gen_body(top, rng.randint(0, 2))
-      if self.n_remat == 0:
-        self.budget = 4
-        body += self.s_remat(top)
     else:
       body = self.gen_body(top, self.budget + 4)
-      if self.n_remat == 0:  # every program has a remat somewhere
-        self.budget = 4
-        body += self.s_remat(top)
+    if tied and "tied" not in self.features:
+      body += self.s_tied(top) or []
+    if self.n_remat == 0:  # every program has a remat somewhere
+      self.budget = 4
+      body += self.s_remat(top)
     cands = [v for v in top.vals if v not in top.vals[:len(inputs)]] or top.vals
     recent = cands[-5:]
     outputs = [v.name for v in rng.sample(recent, rng.randint(1, min(3, len(recent))))]
     if self.last_motif is not None and self.last_motif.name not in outputs:
       outputs[0] = self.last_motif.name
-    return Program(self.seed, inputs, refs, body, outputs,
-                   jit=rng.random() < 0.15,
-                   jit_grad=rng.random() < (0.1 if self.legacy else 0.2))
+    grad_specs = None
+    if rng.random() < 0.25 and ref_api.HAS_WITH_REFS:
+      grad_specs = [rng.choices(("ref", "value", "dontwant"), (6, 2.5, 1.5))[0]
+                    for _ in inputs]
+      grad_specs = ["ref" if (g == "value" and not ref_api.HAS_GRAD_VALUE) or
+                    (g == "dontwant" and not ref_api.HAS_DONT_WANT) else g
+                    for g in grad_specs]
+      if "ref" not in grad_specs:
+        grad_specs[0] = "ref"
+      self.features.add("with_refs")
+      self.features.update({"value": "grad_value", "dontwant": "dont_want"}[g]
+                           for g in grad_specs if g != "ref")
+      grad_specs = tuple(grad_specs)
+    return Program(self.seed, inputs, refs, body, outputs, jit=jit,
+                   jit_grad=rng.random() < 0.2, grad_specs=grad_specs,
+                   aliased="aliased" in self.features,
+                   features=set(self.features))
 
 
-def generate(seed: int, legacy: bool = False) -> Program:
-  """The program of `seed`. ``legacy=True``: the program this seed gave before
-  motifs were added (the seeds in tests/test_fuzz.py's FOUND_BY_SCALE_RUNS
-  and the README's scale runs are seeds of that generator)."""
-  return Generator(seed, legacy).generate()
+def generate(seed: int) -> Program:
+  """The program of `seed`."""
+  return Generator(seed).generate()

@@ -16,7 +16,22 @@ reads. Each program lists the modes it is checked under (`MODES`):
   * ``linearize``: `jax.linearize`, maybe `between`, then the linear function;
   * ``jvp``: `jax.jvp`;
   * ``hessian``: `jax.hessian` of the loss; such programs never write refs
-    made outside ``f`` (they close over read-only refs).
+    made outside ``f`` (they close over read-only refs);
+  * ``vjp_refs``: `jax.vjp`, then the vjp function's ``with_refs``, given
+    per input a ref to accumulate into (holding 0.5), `jax.ad.GradValue()`
+    or `jax.ad.DontWant()`, called twice; where JAX differentiates with
+    respect to refs, some ref arguments of ``f`` are primals of the vjp too
+    (``REF_PRIMALS``), their gradients accumulated into refs.
+
+Ref features (see `tests.fuzz.ref_api`): refs of kind ``no_grad_no_remat``
+(outside ``f`` and made inside; they take differentiated values without
+`lax.stop_gradient`), a remat given one ref twice (or closing over a ref it
+is also given; ``ALIASED``: JAX's aliasing error from the remat run is
+accepted), one remat function applied to several layer refs in turn (tied
+weights), and `lax.while_loop` / `lax.fori_loop` with a traced trip count
+reading and writing refs (in programs differentiated in reverse or
+linearized nothing differentiated enters them: JAX cannot transpose a while
+loop, and its linearize of one replays the loop's effects).
 
 ``JIT_MODE`` puts `jax.jit` around ``f`` (``"f"``) or around the transformed
 function (``"mode"``). The whole of ``f`` may be a remat too. A program
@@ -40,9 +55,13 @@ from typing import Optional
 import numpy as np
 
 from tests.fuzz import oracle
-from tests.fuzz.gen import _array_src, source_header
+from tests.fuzz import ref_api
+from tests.fuzz.gen import _array_src, _new_ref_src, source_header
 
-MODES = ("vg", "vjp_write", "linearize", "jvp", "hessian")
+# vjp_refs where the installed JAX's vjp function has `with_refs`.
+MODES = ("vg", "vjp_write", "linearize", "jvp", "hessian") + (
+    ("vjp_refs",) if ref_api.HAS_WITH_REFS else ())
+REVERSE_MODES = ("vg", "vjp_write", "hessian", "vjp_refs")
 POLICIES = (
     None,
     "jax.checkpoint_policies.nothing_saveable",
@@ -117,8 +136,11 @@ def _emit_block(node, ind):
     out.append(f"{ind}{node.name} = ckpt({node.name}, {_ckpt_kw(a)})")
   if jit == "outer":
     out.append(f"{ind}{node.name} = jax.jit({node.name})")
-  call = f"{node.name}({params})"
-  out.append(f"{ind}h = {call}" if a["returns"] else ind + call)
+  # `calls`: argument lists of several calls (tied weights); `call`: the
+  # arguments of the one call when they are not the parameters (aliasing).
+  for args in a.get("calls") or [a.get("call") or a["params"]]:
+    call = f"{node.name}({', '.join(args)})"
+    out.append(f"{ind}h = {call}" if a["returns"] else ind + call)
   return out
 
 
@@ -137,6 +159,28 @@ def _emit_fori(node, ind):
   out.append(f"{ind}  return h")
   out += _wrap_body(node, ind)
   out.append(f"{ind}h = lax.fori_loop(0, {a['trips']}, {node.name}, h)")
+  return out
+
+
+def _emit_while(node, ind):
+  """A while loop (or a fori_loop with a traced trip count) on ``init``;
+  its result ``hw`` is mixed into h."""
+  a = node.args
+  if a["form"] == "fori":
+    out = [f"{ind}def {node.name}({a['idx']}, h):"]
+  else:
+    out = [f"{ind}def c{node.name}(s):", f"{ind}  return s[0] < {a['trips']}",
+           f"{ind}def {node.name}(s):", f"{ind}  {a['idx']}, h = s"]
+  out += _emit_all(node.kids[0], ind + "  ")
+  if a["form"] == "fori":
+    out.append(f"{ind}  return h")
+    out.append(f"{ind}hw = lax.fori_loop(0, {a['trips']}, {node.name}, "
+               f"{a['init']})")
+  else:
+    out.append(f"{ind}  return {a['idx']} + 1, h")
+    out.append(f"{ind}_, hw = lax.while_loop(c{node.name}, {node.name}, "
+               f"(jnp.int32(0), {a['init']}))")
+  out.append(f"{ind}h = h * 0.5 + hw * 0.5")
   return out
 
 
@@ -182,7 +226,7 @@ def _emit_vmap(node, ind):
 
 _EMIT = dict(line=_emit_line, remat=_emit_block, jit=_emit_block,
              fori=_emit_fori, scan=_emit_scan, switch=_emit_switch,
-             vmap=_emit_vmap)
+             vmap=_emit_vmap, while_=_emit_while)
 
 
 def walk(nodes):
@@ -198,6 +242,7 @@ class RefDecl:
   dtype: str            # "float32" | "int32"
   value: np.ndarray
   passing: str          # "arg" | "closure"
+  kind: Optional[str] = None  # jax.new_ref(..., kind=kind)
 
 
 @dataclasses.dataclass
@@ -216,6 +261,10 @@ class Program:
   whole: Optional[dict] = None    # ckpt args when all of f is a remat
   between: list = dataclasses.field(default_factory=list)  # lines over R
   linearize_writes: bool = False  # run `between` in linearize mode too
+  grad_specs: tuple = ()          # vjp_refs: per input "ref" | "value" | "dontwant"
+  ref_primals: tuple = ()         # vjp_refs: arg refs differentiated too
+  aliased: bool = False           # JAX's aliasing error from remat accepted
+  features: set = dataclasses.field(default_factory=set)  # ref_api.FEATURES
 
   def n_remats(self):
     return (sum(1 for n in walk(self.body)
@@ -227,7 +276,7 @@ class Program:
     args = [r.name for r in self.refs if r.passing == "arg"]
     xs = [n for n, _ in self.inputs]
     out = [
-        *source_header(f"gen2, seed {self.seed}"),
+        *source_header(f"gen2, seed {self.seed}", self.features),
         "",
         "",
         f"def build(remat{''.join(', ' + n for n in closed)}):",
@@ -246,7 +295,7 @@ class Program:
       out.append("  f = jax.jit(f)")
     out += ["  return f", "", "", "def make_refs():", "  return {"]
     for r in self.refs:
-      out.append(f"      {r.name!r}: jax.new_ref({_array_src(r.value, r.dtype)}),")
+      out.append(f"      {r.name!r}: {_new_ref_src(r)},")
     out += ["  }", "", "", "def between(R):",
             "  # Runs after the forward pass, before the vjp / linear function."]
     out += ["  " + t for t in self.between] or ["  pass"]
@@ -261,6 +310,10 @@ class Program:
     out.append(f"JIT_MODE = {self.jit_mode!r}")
     out.append(f"LINEARIZE_WRITES = {self.linearize_writes!r}")
     out.append(f"TOLERANCES = {{'hessian': {HESSIAN_TOL!r}}}")
+    out.append(f"GRAD_SPECS = {tuple(self.grad_specs)!r}")
+    out.append(f"REF_PRIMALS = {tuple(self.ref_primals)!r}")
+    out.append(f"ALIASED = {self.aliased!r}")
+    out.append(f"FEATURES = {tuple(sorted(self.features))!r}")
     out += HARNESS.splitlines()
     return "\n".join(out) + "\n"
 
@@ -302,8 +355,10 @@ def run_vjp_write(remat):
   out, g_vjp = jax.vjp(g, *XS)
   seen = _contents(refs)
   between(refs)
+  before = _contents(refs)
   grads = _jit(g_vjp)(jax.tree.map(jnp.ones_like, out))
-  return dict(out=out, grads=grads, refs=seen, refs_at_end=_contents(refs))
+  return dict(out=out, grads=grads, refs=seen, refs_before_bwd=before,
+              refs_at_end=_contents(refs))
 
 
 def run_linearize(remat):
@@ -312,8 +367,10 @@ def run_linearize(remat):
   seen = _contents(refs)
   if LINEARIZE_WRITES:
     between(refs)
+  before = _contents(refs)
   tangents = _jit(g_lin)(*TANGENTS)
-  return dict(out=out, tangents=tangents, refs=seen, refs_at_end=_contents(refs))
+  return dict(out=out, tangents=tangents, refs=seen, refs_before_bwd=before,
+              refs_at_end=_contents(refs))
 
 
 def run_jvp(remat):
@@ -328,8 +385,38 @@ def run_hessian(remat):
   return dict(hess=hess, refs=_contents(refs))
 
 
+def run_vjp_refs(remat):
+  # Gradients through `with_refs` (twice: the second call accumulates
+  # again), for the inputs and for the arg refs in REF_PRIMALS.
+  refs = make_refs()
+  f = build(remat, *[refs[k] for k in CLOSED_REFS])
+  n = len(XS)
+
+  def g(*primals):
+    given = dict(zip(REF_PRIMALS, primals[n:]))
+    return f(*primals[:n], *[given.get(k, refs[k]) for k in ARG_REFS])
+  out, g_vjp = jax.vjp(g, *XS, *[refs[k] for k in REF_PRIMALS])
+  seen = _contents(refs)
+  targets, grad_refs = [], {}
+  for k, x in enumerate(XS + tuple(refs[k][...] for k in REF_PRIMALS)):
+    spec = GRAD_SPECS[k] if k < n else "ref"
+    if spec == "ref":
+      grad_refs[f"g{k}"] = jax.new_ref(np.full(np.shape(x), 0.5, np.float32))
+      targets.append(grad_refs[f"g{k}"])
+    elif spec == "value":
+      targets.append(jax.ad.GradValue())
+    else:
+      targets.append(jax.ad.DontWant())
+  ct = jax.tree.map(jnp.ones_like, out)
+  first = g_vjp.with_refs(*targets)(ct)
+  second = g_vjp.with_refs(*targets)(ct)
+  return dict(out=out, grads=(first, second), refs=seen,
+              refs_at_end=_contents(refs), refs_grad=_contents(grad_refs))
+
+
 RUNNERS = dict(primal=run_primal, vg=run_vg, vjp_write=run_vjp_write,
-               linearize=run_linearize, jvp=run_jvp, hessian=run_hessian)
+               linearize=run_linearize, jvp=run_jvp, hessian=run_hessian,
+               vjp_refs=run_vjp_refs)
 
 
 if __name__ == "__main__":
@@ -348,10 +435,30 @@ class Ref:
   dtype: str            # "float32" | "int32"
   external: bool        # made outside f: writes of h need stop_gradient
   diff: bool = False    # made inside f, may hold differentiated values
+  kind: bool = False    # kind "no_grad_no_remat": reads carry no gradient,
+                        # writes of differentiated values are allowed
+  primal: bool = False  # an arg ref the vjp_refs mode differentiates
+  referent: Optional[str] = None  # another name of the same ref (aliases)
+
+  @property
+  def ident(self):
+    return self.referent or self.name
+
+  @property
+  def takes_diff(self):
+    """Whether h may be written without `lax.stop_gradient`."""
+    return self.diff or self.kind
+
+  @property
+  def reads_diff(self):
+    return (self.diff or self.primal) and not self.kind
 
 
 class Ctx:
-  """What a body sees: refs, loop indices, nesting depths."""
+  """What a body sees: refs, loop indices, nesting depths. ``no_tangent``:
+  a while-loop body where nothing differentiated may enter (programs
+  differentiated in reverse or linearized; see `Generator.b_while`): only
+  refs whose reads carry no gradient, no program inputs."""
 
   def __init__(self, parent: Optional["Ctx"] = None):
     self.refs = list(parent.refs) if parent else []
@@ -359,6 +466,10 @@ class Ctx:
     self.remat_depth = parent.remat_depth if parent else 0
     self.ctrl_depth = parent.ctrl_depth if parent else 0
     self.read_only = parent.read_only if parent else False
+    self.no_tangent = parent.no_tangent if parent else False
+    # Two names for one ref here (an aliased remat's body): jit blocks take
+    # no ref parameters (jit raises on an aliased ref without remat too).
+    self.has_aliases = parent.has_aliases if parent else False
 
   def floats(self, vec=False):
     return [r for r in self.refs if r.dtype == "float32"
@@ -378,13 +489,32 @@ class Generator:
 
   SIMPLE = dict(mix=6, write=4, count=2, new_ref=1.5)
   COMPOUND = dict(remat=5, jit=1.5, fori=2.5, scan=2.5, switch=2, vmap=2,
-                  scan_remat=1.5)
+                  scan_remat=1.5, while_=1.5, tied=1)
 
   def __init__(self, seed: int):
     self.seed = seed
     self.rng = random.Random(seed)
     self.counter = 0
     self.names = []       # checkpoint names used
+    self.features = set()
+    self.alias_left = 0   # remats still to get an aliased ref
+    self.no_tangent_loops = True   # while loops only on values without gradient
+
+  def kind_kw(self, share):
+    """``, kind=...`` for a share of new refs, where JAX has ref kinds (the
+    draw is made either way)."""
+    if self.rng.random() < share and ref_api.NO_GRAD_KIND:
+      self.features.add("kind")
+      return f", kind={ref_api.NO_GRAD_KIND!r}"
+    return ""
+
+  def _sg(self, r, val):
+    """`val` (differentiated) as written into ref r."""
+    if r.takes_diff:
+      if r.kind:
+        self.features.add("kind_diff_write")
+      return val
+    return f"lax.stop_gradient({val})"
 
   def fresh(self, prefix):
     self.counter += 1
@@ -469,7 +599,7 @@ class Generator:
       opts.append("shift")
     if ctx.idx and r.shape:
       opts += ["loop", "loop"]
-    if r.diff:
+    if r.takes_diff:
       opts += ["diff", "diff"]
     kind = self.rng.choice(opts)
     nm = r.name
@@ -488,11 +618,12 @@ class Generator:
       at = f"{self.rng.choice(ctx.idx)} % {r.shape[0]}"
       text = f"{nm}[{at}] = {nm}[{at}] + 0.125"
     elif kind == "diff":   # a differentiated value into a ref made from h
-      text = f"{nm}[...] = {nm}[...] * 0.5 + jnp.sin(h) * 0.5"
+      text = (f"{nm}[...] = {nm}[...] * 0.5 + "
+              f"{self._sg(r, self._fit('jnp.sin(h)', r.shape))} * 0.5")
     else:
       val = f"jnp.cos({self._fit('h', r.shape)})"
-      if not r.diff or self.rng.random() < 0.5:
-        val = f"lax.stop_gradient({val})"
+      val = (self._sg(r, val) if self.rng.random() < 0.5
+             else f"lax.stop_gradient({val})")
       text = f"{nm}[...] = {val} + {nm}[...] * 0.5"
     return [line(text)], b
 
@@ -506,13 +637,30 @@ class Generator:
   def b_new_ref(self, ctx, b):
     if ctx.read_only:  # hessian: JAX without remat fails on most of these
       return None
-    t = Ref(self.fresh("t"), (self.n,), "float32", external=False, diff=True)
-    nodes = [line(f"{t.name} = jax.new_ref(h)"),
-             line(f"{t.name}[...] = {t.name}[...] * 2 + jnp.sin({t.name}[...])"),
-             line(f"h = {t.name}[...]")]
+    if ctx.no_tangent:
+      # JAX (without remat) rejects a ref made in a while body inside a loop
+      # body under grad: "set/swap ... differentiated value on a
+      # non-differentiated array reference".
+      return None
+    kw = self.kind_kw(0.2)
+    t = Ref(self.fresh("t"), (self.n,), "float32", external=False, diff=True,
+            kind=bool(kw))
+    self.features.add("new_ref")
+    # A kind ref starts from a value without gradient: JAX's jvp (not its
+    # linearize or grad) gives such a ref made from a differentiated value a
+    # tangent that its writes then leave stale, without remat.
+    init = "lax.stop_gradient(h)" if kw else "h"
+    nodes = [line(f"{t.name} = jax.new_ref({init}{kw})"),
+             line(f"{t.name}[...] = {t.name}[...] * 2 + jnp.sin({t.name}[...])")]
+    if kw:   # reads of a kind ref carry no gradient: h keeps its own
+      nodes.append(line(f"h = h * 0.5 + {t.name}[...] * 0.5"))
+      bound = 1.5 * b + 0.5
+    else:
+      nodes.append(line(f"h = {t.name}[...]"))
+      bound = 2 * b + 1
     if self.rng.random() < 0.6:
       ctx.refs.append(t)   # later blocks of this body may use it
-    return nodes, self.squash(nodes, 2 * b + 1)
+    return nodes, self.squash(nodes, bound)
 
   # ---- compound blocks ---------------------------------------------------------
 
@@ -537,14 +685,135 @@ class Generator:
           if self.rng.random() < 0.7 else []
       args = dict(params=params, returns=False)
     else:
+      pre, alias_params, alias_args = [], [], []
+      if not jit and self.alias_left and ctx.floats():
+        self.alias_left -= 1
+        self.features.add("aliased")
+        pre, alias_params, alias_args, b = self._aliases(
+            inner, self.rng.choice(ctx.floats()), b)
       body, b = self.gen_chain(inner, self.rng.randint(1, 3), b)
+      body = pre + body
       refs = [n for n in dict.fromkeys(r.name for r in ctx.refs)
               if self.rng.random() < 0.3]
-      args = dict(params=["h"] + refs, returns=True)
+      args = dict(params=["h"] + alias_params + refs, returns=True)
+      if alias_args:
+        args["call"] = ["h"] + alias_args + refs
     if not jit:
       args.update(self.ckpt_args())
       args["jit"] = self.rng.choices(("none", "inner", "outer"), (6, 1, 1))[0]
+      if "call" in args:   # jit rejects an aliased ref without remat too
+        args["jit"] = "none"
+    if ctx.has_aliases and (jit or args.get("jit", "none") != "none"):
+      args["params"] = [p for p in args["params"] if p == "h"]
     return [Node("jit" if jit else "remat", name=name, args=args, kids=[body])], b
+
+  def _aliases(self, inner, r, b):
+    """Parameters naming ref r in a remat body `inner`: two both given r,
+    or one given r while the body closes over r too. Returns (first nodes
+    of the body, parameter names, argument names, bound of h): the first
+    nodes read r through one name and write (or read) it through the other."""
+    inner.has_aliases = True
+    a = dataclasses.replace(r, name=self.fresh("pa"), referent=r.ident)
+    if self.rng.random() < 0.6:
+      c = dataclasses.replace(r, name=self.fresh("pb"), referent=r.ident)
+      inner.refs = [q for q in inner.refs if q is not r] + [a, c]
+      params, args = [a.name, c.name], [r.name, r.name]
+    else:
+      c = r
+      inner.refs = inner.refs + [a]
+      params, args = [a.name], [r.name]
+    if self.rng.random() < 0.5:
+      a, c = c, a
+    at = self._at(c, inner, loop_ok=False)
+    # What r reads, r takes (a differentiated read only where r itself is
+    # differentiated: made from h, or a primal of vjp_refs).
+    val = f"jnp.tanh(jnp.sum({a.name}[...])) * 0.25"
+    if inner.writable([r]):
+      return ([line(f"{c.name}[{at}] = {c.name}[{at}] * 0.5 + {val}")],
+              params, args, b)
+    return ([line(f"h = h + {val} * {c.name}[{at}]")], params, args,
+            b + 0.25 * REF_BOUND)
+
+  def b_tied(self, ctx, b):
+    """One remat function applied to several layer refs in turn, the last
+    twice in a row (tied weights): ``h = blk(h, w0); h = blk(h, w1); ...``."""
+    n = self.n
+    vecs = [r for r in ctx.floats(vec=True) if r.shape == (n,)]
+    if not vecs or ctx.remat_depth >= 2:
+      return None
+    self.features.add("tied")
+    passed = self.rng.sample(vecs, min(len(vecs), self.rng.randint(2, 3)))
+    w = Ref(self.fresh("wp"), (n,), "float32",
+            external=any(r.external for r in passed),
+            diff=all(r.diff for r in passed), kind=all(r.kind for r in passed),
+            primal=any(r.primal for r in passed))
+    inner = Ctx(ctx)
+    inner.remat_depth += 1
+    gone = {r.ident for r in passed}
+    inner.refs = [r for r in ctx.refs if r.ident not in gone] + [w]
+    body = [line(f"h = jnp.sin(h) * {w.name}[...] + h * 0.5")]
+    self._loop_body(inner, body, self.rng.randint(0, 2))
+    if inner.writable([w]) and self.rng.random() < 0.7:   # each call its own
+      val = "jnp.cos(h) * 0.25"
+      val = (f"lax.stop_gradient({val})" if self.rng.random() < 0.5
+             else self._sg(w, val))
+      body.append(line(f"{w.name}[...] = {w.name}[...] * 0.5 + {val}"))
+    calls = [["h", r.name] for r in passed + [passed[-1]]]
+    jit = self.rng.choices(("none", "inner", "outer"), (6, 1, 1))[0]
+    args = dict(params=["h", w.name], calls=calls, returns=True,
+                jit="none" if ctx.has_aliases else jit, **self.ckpt_args())
+    return [Node("remat", name=self.fresh("tied"), args=args, kids=[body])], \
+        LOOP_BOUND
+
+  def b_while(self, ctx, b):
+    """A `lax.while_loop`, or a `lax.fori_loop` with a traced trip count,
+    over a copy of h, reading and writing refs; the result is mixed into h.
+    In programs differentiated in reverse or linearized the copy is a
+    `lax.stop_gradient` and the body sees only refs whose reads carry no
+    gradient: JAX cannot transpose a while loop, and its linearize of one
+    with differentiated carries replays the loop's ref writes in the linear
+    function (without remat). Only jvp-only programs carry h itself."""
+    if ctx.ctrl_depth >= 2:
+      return None
+    n = self.n
+    inner = Ctx(ctx)
+    inner.ctrl_depth += 1
+    idx = self.fresh("i")
+    inner.idx.append(idx)
+    if self.no_tangent_loops:
+      inner.no_tangent = True
+      inner.refs = [r for r in ctx.refs if not r.reads_diff]
+    k = self.rng.randint(1, 3)
+    trips = str(k)
+    counters = ctx.counters()
+    if counters and self.rng.random() < 0.5:
+      c = self.rng.choice(counters)
+      trips = f"{c.name}[{'...' if c.shape == () else 0}] % {k} + 1"
+    form = "fori" if self.rng.random() < 0.35 else "while"
+    if form == "while" and trips != str(k):
+      # A ref the condition reads and the body uses reaches while_loop twice
+      # (JAX raises its aliasing error outside jit, without remat).
+      inner.refs = [r for r in inner.refs if r.ident != c.ident]
+    body = []
+    vecs = inner.writable([r for r in inner.floats(vec=True) if r.shape == (n,)])
+    if vecs and self.rng.random() < 0.7:   # a read-modify-write at the index
+      r = self.rng.choice(vecs)
+      at = f"{idx} % {n}"
+      val = f"jnp.tanh(h[{self.rng.randrange(n)}]) * 0.25"
+      if not self.no_tangent_loops:
+        val = self._sg(r, val)
+      body.append(line(f"{r.name}[{at}] = {r.name}[{at}] * 0.5 + {val}"))
+    self._loop_body(inner, body, self.rng.randint(1, 2))
+    if form == "fori":
+      self.features.add("fori_dynamic")
+      if trips == str(k):   # traced wherever h is
+        trips = f"(jnp.sum(h) > 100.0).astype(jnp.int32) + {k}"
+    else:
+      self.features.add("while_loop")
+    init = "lax.stop_gradient(h)" if self.no_tangent_loops else "h"
+    args = dict(idx=idx, trips=trips, form=form, init=init)
+    return [Node("while_", name=self.fresh("wl"), args=args, kids=[body])], \
+        (b + LOOP_BOUND) / 2
 
   def b_jit(self, ctx, b):
     return self.b_remat(ctx, b, jit=True)
@@ -579,6 +848,7 @@ class Generator:
       r = self.rng.choice(inner.floats())
       body.append(line(f"h = jnp.sin(h) * {r.name}[...] + h * 0.5"))
     args = self._remat_arg(dict(idx=idx, trips=self.rng.randint(1, 3)))
+    self.features.add("fori_static")
     return [Node("fori", name=self.fresh("loop"), args=args, kids=[body])], \
         max(b, LOOP_BOUND)
 
@@ -593,12 +863,14 @@ class Generator:
     inner.ctrl_depth += 1
     idx, x = self.fresh("i"), self.fresh("x")
     inner.idx.append(idx)
-    vec_inputs = [nm for nm, v in self.inputs if v.shape == (n,)]
+    vec_inputs = [nm for nm, v in self.inputs if v.shape == (n,)
+                  and not ctx.no_tangent]
     src = self.rng.choice(["jnp.cos(h)", "h * 0.5"] + vec_inputs
                           + [f"{q.name}[...]" for q in vecs])
     body = []
     if not inner.read_only or not r.external:
-      val = x if (r.diff and self.rng.random() < 0.5) else f"lax.stop_gradient({x})"
+      val = (self._sg(r, x) if (r.takes_diff and self.rng.random() < 0.5)
+             else f"lax.stop_gradient({x})")
       body.append(line(f"{r.name}[{idx}] = {r.name}[{idx}] * 0.5 + {val}"))
     body.append(line(f"h = jnp.sin(h) * {r.name}[{idx}] + {x} * 0.5"))
     if self.rng.random() < 0.5:
@@ -609,8 +881,8 @@ class Generator:
     if outs and self.rng.random() < 0.4:
       q = self.rng.choice(outs)
       val = f"jnp.tanh({ys})"
-      if q.external or self.rng.random() < 0.5:
-        val = f"lax.stop_gradient({val})"
+      val = (f"lax.stop_gradient({val})" if self.rng.random() < 0.5
+             else self._sg(q, val))
       after.insert(0, f"{q.name}[...] = {val}")
     args = self._remat_arg(dict(carry="h", init="h", idx=idx, xname=x, xs=src,
                                 length=n, y=f"{r.name}[{idx}] * {x}", ys=ys,
@@ -660,8 +932,8 @@ class Generator:
   def b_scan_remat(self, ctx, b):
     """A remat holding a scan whose (remat) body writes a ref made outside,
     closing over the remat's differentiated argument."""
-    if ctx.read_only or ctx.remat_depth >= 2:
-      return None
+    if ctx.read_only or ctx.remat_depth >= 2 or ctx.no_tangent:
+      return None   # no_tangent: see b_new_ref
     n = self.n
     nodes = []
     ext = [r for r in ctx.floats(vec=True) if r.shape == (n,)]
@@ -685,9 +957,7 @@ class Generator:
     idx = self.fresh("i")
     step.idx.append(idx)
     at = self.rng.choice((f"{idx} % {n}", str(self.rng.randrange(n))))
-    val = f"h[{self.rng.randrange(n)}] * 0.5"
-    if t.external or not t.diff:
-      val = f"lax.stop_gradient({val})"
+    val = self._sg(t, f"h[{self.rng.randrange(n)}] * 0.5")
     body = [line(f"{t.name}[{at}] += {val}")]
     if self.rng.random() < 0.5:
       body.append(line(f"c = jnp.sin(c + {t.name}[{idx} % {n}])"))
@@ -716,7 +986,7 @@ class Generator:
       if self.compound > 0:
         table.update(self.COMPOUND)
         if ctx.ctrl_depth >= 2:
-          for kind in ("fori", "scan", "switch", "scan_remat"):
+          for kind in ("fori", "scan", "switch", "scan_remat", "while_"):
             del table[kind]
         if ctx.remat_depth >= 3:
           del table["remat"]
@@ -725,7 +995,7 @@ class Generator:
         kind = self.rng.choices(kinds, weights)[0]
         compound = kind in self.COMPOUND
         self.compound -= compound   # before nesting: bounds the whole tree
-        got = getattr(self, "b_" + kind)(ctx, b)
+        got = getattr(self, "b_" + kind.rstrip("_"))(ctx, b)
         if got is not None:
           break
         self.compound += compound
@@ -744,6 +1014,16 @@ class Generator:
       modes.append(rng.choice([m for m in MODES if m not in modes]))
     modes.sort(key=MODES.index)
     read_only = "hessian" in modes
+    # Where nothing differentiated may enter a while loop: reverse modes
+    # (JAX cannot transpose one) and linearize (JAX's linearize of a while
+    # loop with differentiated carries replays its ref effects in the linear
+    # function, without remat).
+    self.no_tangent_loops = any(m in REVERSE_MODES + ("linearize",) for m in modes)
+    # A small share of programs hand one ref to a remat twice; some apply
+    # one remat function to layer refs (tied weights).
+    self.alias_left = int(rng.random() < 0.12)
+    tied = rng.random() < 0.12
+    ref_primals = "vjp_refs" in modes and ref_api.vjp_takes_ref_primals()
 
     self.inputs = inputs = []
     for k in range(rng.randint(1, 3)):
@@ -762,10 +1042,28 @@ class Generator:
         refs.append(RefDecl(ref.name, "int32", value, rng.choice(("arg", "closure"))))
       else:
         shape = (n,) if k == 0 or rng.random() < 0.7 else ()
-        ref = Ref(self.fresh("r"), shape, "float32", external=True)
+        kw = self.kind_kw(0.2)
+        ref = Ref(self.fresh("r"), shape, "float32", external=True, kind=bool(kw))
         refs.append(RefDecl(ref.name, "float32", self.rand_values(shape),
-                            rng.choice(("arg", "closure"))))
+                            rng.choice(("arg", "closure")),
+                            ref_api.NO_GRAD_KIND if kw else None))
       top.refs.append(ref)
+    for _ in range(2 * tied):   # layers
+      kw = self.kind_kw(0.2)
+      ref = Ref(self.fresh("w"), (n,), "float32", external=True, kind=bool(kw))
+      refs.append(RefDecl(ref.name, "float32", self.rand_values((n,)),
+                          rng.choice(("arg", "closure")),
+                          ref_api.NO_GRAD_KIND if kw else None))
+      top.refs.append(ref)
+    # vjp_refs: some float arg refs are primals of the vjp as well.
+    primals = []
+    for ref, decl in zip(top.refs, refs):
+      if (rng.random() < 0.5 and ref_primals and decl.passing == "arg"
+          and ref.dtype == "float32" and not ref.kind):
+        ref.primal = True
+        primals.append(ref.name)
+    if primals:
+      self.features.add("ref_primal")
 
     init = []
     for k, (nm, v) in enumerate(inputs):
@@ -802,10 +1100,31 @@ class Generator:
       body, b = self.gen_chain(top, rng.randint(2, 5), b)
       if rng.random() < 0.25:
         whole = self.ckpt_args()
+    if tied and "tied" not in self.features:
+      got = self.b_tied(top, b)
+      if got is not None:
+        body += got[0]
+        b = got[1]
+        body.append(line("h = jnp.tanh(h)"))
+    grad_specs = ()
+    if "vjp_refs" in modes:
+      grad_specs = [rng.choices(("ref", "value", "dontwant"), (6, 2.5, 1.5))[0]
+                    for _ in inputs]
+      grad_specs = ["ref" if (g == "value" and not ref_api.HAS_GRAD_VALUE) or
+                    (g == "dontwant" and not ref_api.HAS_DONT_WANT) else g
+                    for g in grad_specs]
+      if "ref" not in grad_specs:
+        grad_specs[0] = "ref"
+      self.features.add("with_refs")
+      self.features.update({"value": "grad_value", "dontwant": "dont_want"}[g]
+                           for g in grad_specs if g != "ref")
     program = Program(self.seed, n, inputs, tangents, refs, init, body,
                       self._loss(top), self._aux(top), tuple(modes),
                       jit_mode=rng.choices(("none", "f", "mode"), (5, 2, 2))[0],
-                      whole=whole)
+                      whole=whole, grad_specs=tuple(grad_specs),
+                      ref_primals=tuple(primals),
+                      aliased="aliased" in self.features,
+                      features=self.features)
     if program.n_remats() == 0:
       program.whole = self.ckpt_args()
     if "vjp_write" in modes or "linearize" in modes:

@@ -12,9 +12,18 @@ prints each outcome.
   d  value_and_grad of a remat calling an effects-only remat; gen2
   e  hessian of a remat reading a ref; gen2
   f  a remat scan body inside a remat writing a ref made outside; gen2
+  g  issue 20, program 1: a differentiated value written into a ref of kind
+     "no_grad_no_remat" in a remat and read back (no gradient through it);
+     gen, also with the gradient accumulated through `with_refs`
+  h  issue 20, program 2: one ref passed twice to a remat whose while loop
+     reads it through one name and writes it through the other; gen2 (the
+     remat run must raise JAX's aliasing error or agree)
+
+g needs `jax.new_ref(..., kind=...)` and h's vjp_refs mode `with_refs`;
+`AVAILABLE` says which shapes the installed JAX can express.
 """
 import numpy as np
-from tests.fuzz import gen, gen2
+from tests.fuzz import gen, gen2, ref_api
 
 P = "jax.checkpoint_policies."
 L = gen.Line
@@ -93,11 +102,46 @@ def shape_f():
   return _g2(_arr(-1.19, 1.02, 1.08), [], body, "jnp.sum(h)", "vg", None)
 
 
-SHAPES = dict(a=shape_a, b=shape_b, d=shape_d, e=shape_e, f=shape_f)
+def shape_g():
+  ref = gen.RefDecl("x_ref", "float32", np.float32(1.0), "arg",
+                    ref_api.NO_GRAD_KIND)
+  blk = gen.Remat("h", ["y", "x_ref"], [L("x_ref[...] = jnp.sin(y)"),
+                                        L("v = x_ref[...] * 2.")],
+                  ["v"], ["out"], None, True)
+  return gen.Program(-1, [("y", np.float32(1.0))], [ref], [blk], ["out"],
+                     jit=False, jit_grad=True,
+                     grad_specs=("ref",) if ref_api.HAS_WITH_REFS else None,
+                     features={"kind", "kind_diff_write"})
+
+
+def shape_h():
+  body = [gen2.line(t) for t in (
+      "def body(s):",
+      "  i, acc = s",
+      "  acc = jnp.sin(acc) * jnp.sum(p1[:, i])",
+      "  p1[0] = 0.5 * p1[0] + 0.3 * jnp.sin(acc) + jnp.mean(p0[...]) * 0.2",
+      "  return i + 1, acc",
+      "_, acc = lax.while_loop(lambda s: s[0] < 3, body, (0, jnp.float32(0.7)))",
+      "h = h + 0.2 * jnp.sin(h) * acc")]
+  blk = gen2.Node("remat", name="blk", kids=[body], args=dict(
+      params=["h", "p0", "p1"], call=["h", "e", "e"], returns=True,
+      policy=None, prevent_cse=True, jit="none"))
+  e = gen2.RefDecl("e", "float32", np.array([[0.9, 0.6, 1.0], [0.4, 1.3, 0.9]],
+                                            np.float32), "closure")
+  return gen2.Program(-1, 3, [("x1", _arr(0.3, -0.5, 0.4))], [_arr(1, 1, 1)],
+                      [e], ["h = x1"], [blk], "jnp.sum(h)", ["e[0]"],
+                      ("vg", "jvp"), aliased=True,
+                      features={"aliased", "while_loop"})
+
+
+SHAPES = dict(a=shape_a, b=shape_b, d=shape_d, e=shape_e, f=shape_f,
+              g=shape_g, h=shape_h)
+# Shapes the installed JAX can express (g: ref kinds).
+AVAILABLE = [k for k in SHAPES if k != "g" or ref_api.NO_GRAD_KIND]
 
 
 if __name__ == "__main__":
   from tests.fuzz import oracle
-  for letter, build in SHAPES.items():
-    outcome = oracle.check_program(build())
+  for letter in AVAILABLE:
+    outcome = oracle.check_program(SHAPES[letter]())
     print(letter, outcome.kind, *outcome.details[:2], sep="\n  ")

@@ -25,6 +25,8 @@ def signature(outcome: oracle.Outcome):
     m = re.match(r"\[(\w+)\] (.*)", d, re.S)
     if not m:
       continue
+    if m.group(2).endswith("(accepted)"):
+      continue
     exc = re.match(r"remat raised \(oracle did not\): (\w+):", m.group(2))
     if exc:
       excs.add(exc.group(1))
@@ -52,8 +54,8 @@ def _edits(p: gen.Program):
       s = body[i]
       # Delete.
       yield _with(p, path, i, [])
-      # Inline.
-      if isinstance(s, gen.Remat):
+      # Inline (not a function called under other names: aliased, tied).
+      if isinstance(s, gen.Remat) and s.call_args is None and s.calls is None:
         yield _with(p, path, i, list(s.body) + _assign(s.outs, s.rets))
       if isinstance(s, gen.Cond):
         yield _with(p, path, i, list(s.tbody) + _assign(s.outs, s.trets))
@@ -103,15 +105,19 @@ def _simplifications(s):
       out.append(lambda t: setattr(t, "policy", None))
     if not s.prevent_cse:
       out.append(lambda t: setattr(t, "prevent_cse", True))
-    for k in range(len(s.params)):
+    for k in range(len(s.params) if s.call_args is None and s.calls is None
+                   else 0):
       out.append(lambda t, k=k: t.params.pop(k))
-    for k in range(len(s.outs)):
+    for k in range(len(s.outs) if s.calls is None else 0):
       def drop(t, k=k):
         t.outs.pop(k)
         t.rets.pop(k)
       out.append(drop)
-  if isinstance(s, (gen.Fori, gen.Scan)) and getattr(s, "trips", 1) > 1:
+  if isinstance(s, (gen.Fori, gen.Scan)) and isinstance(
+      getattr(s, "trips", 1), int) and getattr(s, "trips", 1) > 1:
     out.append(lambda t: setattr(t, "trips", 1))
+  if isinstance(s, gen.While) and s.trips != "1":
+    out.append(lambda t: setattr(t, "trips", "1"))
   if isinstance(s, gen.Scan) and s.length > 1:
     if s.xs is None:
       out.append(lambda t: setattr(t, "length", 1))

@@ -7,9 +7,12 @@ value_and_grad / vjp with a write before the backward pass / linearize /
 jvp / hessian), so any single program can be regenerated with
 ``--n 1 --seed S+k --gen G``. Each failing program's source
 (a standalone reproducer) is printed, optionally shrunk with ``--minimize``
-(generator 1 only) and saved with ``--save DIR``. ``--legacy`` gives
-generator 1 as it was before motifs, whose seeds earlier scale runs name.
-The last line is always
+(generator 1 only) and saved with ``--save DIR``. Before the totals, a
+``features:`` line gives the share of programs carrying each feature tag of
+`tests.fuzz.ref_api.FEATURES` (ref kinds, ``with_refs``, aliased refs, tied
+weights, while loops, ...), and the number of modes where an aliased
+program's remat run raised JAX's aliasing error (accepted). The last line is
+always
 
     programs: N, mismatches: M, errors: E
 
@@ -32,9 +35,6 @@ def main(argv=None) -> int:
   ap.add_argument("--gen", type=int, choices=(1, 2), default=1,
                   help="which generator: 1 (tests.fuzz.gen, default) or 2 "
                   "(tests.fuzz.gen2)")
-  ap.add_argument("--legacy", action="store_true",
-                  help="with --gen 1: the generator as it was before motifs "
-                  "(seeds of earlier scale runs and of FOUND_BY_SCALE_RUNS)")
   ap.add_argument("--minimize", action="store_true",
                   help="shrink each failing program before printing it "
                   "(generator 1 only; generator 2 prints its programs as they are)")
@@ -54,10 +54,7 @@ def main(argv=None) -> int:
   from tests.fuzz import gen, gen2, minimize, oracle
   if args.minimize and args.gen != 1:
     ap.error("--minimize works with --gen 1 only")
-  if args.legacy and args.gen != 1:
-    ap.error("--legacy works with --gen 1 only")
-  generate = gen2.generate if args.gen == 2 else (
-      lambda seed: gen.generate(seed, legacy=args.legacy))
+  generate = gen2.generate if args.gen == 2 else gen.generate
 
   counts = collections.Counter()
   oracle_reasons = collections.Counter()
@@ -66,11 +63,15 @@ def main(argv=None) -> int:
   print(f"fuzz: jax {jax.__version__}, generator {args.gen}, programs {args.n} "
         f"from seed {args.seed}", flush=True)
   by_mode = collections.defaultdict(collections.Counter)
+  features = collections.Counter()
+  aliasing_errors = 0
   for k in range(args.n):
     seed = args.seed + k
     program = generate(seed)
+    features.update(program.features)
     outcome = oracle.check_program(program)
     counts[outcome.kind] += 1
+    aliasing_errors += outcome.modes_aliasing_error
     _count_modes(by_mode, program, outcome)
     for d in outcome.details:
       if "oracle raised" in d:
@@ -96,10 +97,20 @@ def main(argv=None) -> int:
     print("by mode (compared / mismatch / error / oracle error): " + ", ".join(
         f"{m} {c['compared']}/{c['mismatch']}/{c['error']}/{c['oracle']}"
         for m, c in sorted(by_mode.items())))
+  print(_features_line(features, args.n))
+  print(f"aliasing errors accepted (modes): {aliasing_errors}")
   print(f"oracle_errors: {counts['oracle_error']}")
   print(f"programs: {args.n}, mismatches: {counts['mismatch']}, "
         f"errors: {counts['error']}", flush=True)
   return 1 if counts["mismatch"] or counts["error"] else 0
+
+
+def _features_line(features, n):
+  """``features: kind 27%, with_refs 12%, ...``: share of programs with each
+  tag, in `ref_api.FEATURES` order (every tag, 0% too)."""
+  from tests.fuzz import ref_api
+  share = lambda t: f"{t} {100 * features[t] / max(n, 1):.0f}%"
+  return "features: " + ", ".join(share(t) for t in ref_api.FEATURES)
 
 
 def _count_modes(by_mode, program, outcome):
@@ -109,6 +120,8 @@ def _count_modes(by_mode, program, outcome):
   for d in outcome.details:
     if d.startswith("["):
       mode, rest = d[1:].split("] ", 1)
+      if rest.endswith("(accepted)"):
+        continue
       if "oracle raised" in rest:
         bad[mode].add("oracle")
       elif rest.startswith("remat raised"):
