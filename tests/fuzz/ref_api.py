@@ -83,6 +83,12 @@ EXCLUDED = {
     "jax.ref.AbstractRef": "the type of a ref's abstract value; no operation "
                            "of its own",
     "jax.ref": "the module itself; its members are entries",
+    "jax.ref.ArrayRef": "JAX 0.7.x's old name of the Ref type",
+    "jax.ArrayRef": "JAX 0.7.x's old name of the Ref type",
+    "jax.ref.array_ref": "JAX 0.7.x's old name of new_ref (the same "
+                         "function; new_ref is generated)",
+    "jax.array_ref": "JAX 0.7.x's old name of new_ref (the same function; "
+                     "new_ref is generated)",
     "new_ref(memory_space=)": "memory spaces are backend-specific (Pallas / "
                               "TPU); the fuzzers run on CPU",
     "empty_ref(memory_space=)": "memory spaces are backend-specific (Pallas / "
