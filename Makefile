@@ -20,10 +20,17 @@ FLAX ?= $(if $(filter 0.7.% 0.8.0,$(JAX)),none,$(if $(filter 0.8.% 0.9.%,$(JAX))
 # builds (the series of build/series/jax-$(JAX) applied); `make test FORK=1`
 # then checks that the package installs nothing into it and runs the suite
 # and 100 + 100 fuzz programs with the package not imported.
+# JAX=main FORK=1: JAX's main with build/series/main/ (`make fork JAX=main`
+# first; its version is <next release>.dev<date>+remat.refs) over the newest
+# jaxlib.
 FORK ?=
-FORK_VERSION := $(JAX)+remat.refs
-FORK_WHEEL := build/out/fork/jax-$(FORK_VERSION)-py3-none-any.whl
+# programs per generator that `make test FORK=1` fuzzes
+FORK_N ?= 100
+FORK_VERSION := $(if $(filter main,$(JAX)),*.dev*,$(JAX))+remat.refs
+FORK_GLOB := build/out/fork/jax-$(FORK_VERSION)-py3-none-any.whl
+FORK_WHEEL := $(if $(filter main,$(JAX)),$(wildcard $(FORK_GLOB)),$(FORK_GLOB))
 JAX_WANT := $(if $(FORK),$(FORK_VERSION),$(JAX))
+JAX_PIN = $(if $(filter main,$(JAX)),jaxlib==$(MAIN_JAXLIB),jax==$(JAX))
 VENV ?= .venv-py$(PYVER)-jax$(JAX)$(if $(FORK),-fork)
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -61,10 +68,11 @@ endif
 .PHONY: wheel venv test test-quick fuzz-seed demo fuzz bench gpu-check patch patch-check fork fork-quick jax-repo clean
 
 $(STAMP): pyproject.toml $(if $(FORK),$(FORK_WHEEL))
+	$(if $(filter main,$(JAX)),$(if $(FORK),,$(error JAX=main is JAX's main with the series: it needs FORK=1)))
 	$(PYTHON) -m venv $(VENV)
-	$(VPY) -m pip install -q -e '.[test]' 'jax==$(JAX)' $(FLAX_PIN)
-	$(if $(FORK),$(VPY) -m pip install -q --no-deps --force-reinstall $(FORK_WHEEL))
-	$(VPY) -c 'import jax, sys; v = jax.__version__; sys.exit(v != "$(JAX_WANT)" and "installed jax " + v + ", wanted $(JAX_WANT)")'
+	$(VPY) -m pip install -q -e '.[test]' '$(JAX_PIN)' $(FLAX_PIN)
+	$(if $(FORK),$(VPY) -m pip install -q --no-deps --force-reinstall $(FORK_GLOB))
+	$(VPY) -c 'import fnmatch, jax, sys; v = jax.__version__; sys.exit(not fnmatch.fnmatchcase(v, "$(JAX_WANT)") and "installed jax " + v + ", wanted $(JAX_WANT)")'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -74,8 +82,8 @@ ifeq ($(FORK),)
 	$(VPY) -m pytest -q tests
 else
 	$(VPY) build/fork.py suite
-	$(VPY) build/fork.py fuzz --gen 1 --n 100 --seed $(or $(SEED),0) --quiet --progress 0
-	$(VPY) build/fork.py fuzz --gen 2 --n 100 --seed $(or $(SEED),0) --quiet --progress 0
+	$(VPY) build/fork.py fuzz --gen 1 --n $(FORK_N) --seed $(or $(SEED),0) --quiet --progress 0
+	$(VPY) build/fork.py fuzz --gen 2 --n $(FORK_N) --seed $(or $(SEED),0) --quiet --progress 0
 endif
 
 # Without --quiet: a failing fuzz program is printed with its source.
@@ -131,7 +139,7 @@ patch-check: patch $(MAIN_VENV)/.installed
 	$(MAIN_VENV)/bin/python build/check_patch.py --target main --python $(CURDIR)/$(MAIN_VENV)/bin/python
 
 fork $(FORK_WHEEL):
-	$(PYTHON) build/fork.py build --jax $(JAX)
+	$(PYTHON) build/fork.py build --jax $(JAX) --repo $(JAX_REPO)
 
 # make fork-quick JAX=<release> FORK=1: the quick tests with their expected
 # failures sorted out, and 50 + 50 fuzz programs, on the fork (CI's step).

@@ -1,12 +1,15 @@
 """`make fork JAX=<release>`: a jax wheel of the release with the series.
 
     python build/fork.py build --jax 0.12.0.1     # -> build/out/fork/*.whl
+    python build/fork.py build --jax main --repo JAX_GIT_DIR
     python build/fork.py check                    # in the fork's venv
     python build/fork.py fuzz --gen 1 --n 100 --seed 0
 
 `build` takes the release's own source (its sdist from the registry), applies
 build/series/jax-<release>/ in order (build/make_patch.py), gives it the
-local version <release>+remat.refs and builds a wheel with pip.
+local version <release>+remat.refs and builds a wheel with pip. With --jax
+main: the newest commit of the JAX repository with build/series/main/, as
+<next release>.dev<commit date>+remat.refs (it runs with the newest jaxlib).
 
 `check` (for `make test FORK=1`) asserts that the jax imported is such a
 fork and that importing jax_remat_refs installs nothing into it.
@@ -35,15 +38,15 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 LOCAL = "remat.refs"
 
 
-def build(version: str, python: str) -> pathlib.Path:
+def build(version: str, python: str, jax_repo: str | None) -> pathlib.Path:
   sys.path.insert(0, str(REPO / "build"))
   import make_patch
-  target = f"jax-{version}"
+  target = "main" if version == "main" else f"jax-{version}"
   if not make_patch.patches(target):
     raise SystemExit(f"no series for {target} in build/series/")
   out = make_patch.OUT / "fork"
-  meta = make_patch.build(target, make_patch.DEFAULT_JAX_REPO,
-                          make_patch.OUT / "patches")
+  repo = pathlib.Path(jax_repo) if jax_repo else make_patch.DEFAULT_JAX_REPO
+  meta = make_patch.build(target, repo, make_patch.OUT / "patches")
   if not all(p["applies"] for p in meta["series"]):
     raise SystemExit(f"{target}: the series does not apply")
   src = out / f"src-{version}"
@@ -52,9 +55,16 @@ def build(version: str, python: str) -> pathlib.Path:
   shutil.copytree(make_patch.OUT / "patches" / target / "tree", src,
                   ignore=shutil.ignore_patterns(".git"))
   vfile = src / "jax" / "version.py"
-  text, n = re.subn(r"^_release_version: str = .*$",
+  text = vfile.read_text()
+  if version == "main":
+    # main's own form of a dev version: <next release>.dev<commit date>.
+    commit = meta["source"].rsplit("@", 1)[1]
+    date = make_patch.git(f"--git-dir={repo}", "log", "-1", "--format=%cd",
+                          "--date=format:%Y%m%d", commit).stdout.strip()
+    version = re.search(r'^_version = "(.+)"$', text, re.M)[1] + f".dev{date}"
+  text, n = re.subn(r"^_release_version: str(?: \| None)? = .*$",
                     f"_release_version: str = '{version}+{LOCAL}'",
-                    vfile.read_text(), flags=re.M)
+                    text, flags=re.M)
   if n != 1:
     raise SystemExit(f"{vfile}: no _release_version line")
   vfile.write_text(text)
@@ -146,12 +156,14 @@ def main(argv=None) -> int:
   ap = argparse.ArgumentParser(
       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("command", choices=("build", "check"))
-  ap.add_argument("--jax", help="the release (build)")
+  ap.add_argument("--jax", help="the release, or main (build)")
+  ap.add_argument("--repo", help="a git repository of JAX (build --jax main; "
+                  "default build/out/jax.git)")
   ap.add_argument("--python", default=sys.executable,
                   help="the interpreter whose pip builds the wheel")
   ns = ap.parse_args(argv)
   if ns.command == "build":
-    build(ns.jax, ns.python)
+    build(ns.jax, ns.python, ns.repo)
   else:
     check()
   return 0

@@ -35,9 +35,10 @@ SERIES = REPO / "build" / "series"
 OUT = REPO / "build" / "out"
 # A clone of github.com/jax-ml/jax (`make jax-repo` makes a bare one here).
 DEFAULT_JAX_REPO = pathlib.Path(os.environ.get("JAX_REPO", OUT / "jax.git"))
-# What JAX's tests need from its tree, besides jax/ (a mirror may lack the
-# blobs of large files elsewhere).
-EXPORTED = ("jax", "tests", "conftest.py", "pyproject.toml", "setup.py")
+# What JAX's tests and its wheel need from its tree, besides jax/ (a mirror
+# may lack the blobs of large files elsewhere).
+EXPORTED = ("jax", "tests", "conftest.py", "pyproject.toml", "setup.py",
+            "README.md", "LICENSE")
 
 
 def targets() -> list[str]:
@@ -137,6 +138,8 @@ def build(target: str, jax_repo: pathlib.Path, out: pathlib.Path) -> dict:
   """Exports `target`, applies its series in order; writes series.json."""
   dest = out / target
   dest.mkdir(parents=True, exist_ok=True)
+  for old in [*dest.glob("*.patch"), *dest.glob("PR-*.md")]:
+    old.unlink()  # a renamed or dropped patch of an earlier run
   source = export(target, dest / "pristine", jax_repo)
   tree = dest / "tree"
   if tree.exists():

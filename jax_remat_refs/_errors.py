@@ -81,13 +81,13 @@ def raise_aliased_nested(jaxpr: core.Jaxpr, eqn) -> None:
 def warn_not_rematerialized(jaxpr: core.Jaxpr, eqn) -> None:
   fun, where = _fun(jaxpr), _where(eqn)
   message = (
-      f"jax.remat: {fun} calls a {eqn.primitive} function that reads or "
-      f"writes a ref (at {where}). A custom differentiation rule over refs "
+      f"jax.remat: {fun} calls a {eqn.primitive} function that takes or "
+      f"makes refs (at {where}). A custom differentiation rule over refs "
       "has no value form that keeps the rule, so this remat is not "
       "rematerialized: it runs as if undecorated (ref effects once, its "
       "residuals saved), which gives the same results as without jax.remat. "
-      "Pass the ref's value to the custom_vjp/custom_jvp function to get "
-      "rematerialization back.")
+      "Pass the custom_vjp/custom_jvp function values instead of refs, or "
+      "give it no refs of its own, to get rematerialization back.")
   frame = source_info_util.user_frame(source_info_util.current().traceback)
   if frame is None:
     warnings.warn(message, RematRefWarning, stacklevel=2)

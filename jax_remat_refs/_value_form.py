@@ -26,7 +26,7 @@ value form cannot express are handled before it:
   are merged into one, and a body that hands the ref on to a nested call
   (a loop, a jit) under both names is a `RematRefError`, since that call
   would see two refs;
-* a `custom_vjp` / `custom_jvp` function whose primal reads or writes a ref
+* a `custom_vjp` / `custom_jvp` function that takes refs or makes its own
   has no discharged form that keeps its custom rule; such a remat body runs
   without remat (as if undecorated: effects once, residuals saved) and a
   `RematRefWarning` says so;
@@ -86,7 +86,7 @@ def remat_bind_value_form(args, jaxpr, prevent_cse, differentiated, policy):
   each ref at entry, binds a remat of the discharged (pure) body on the
   values, and writes back the refs the body writes."""
   args, jaxpr, prevent_cse = _merge_aliased_refs(args, jaxpr, prevent_cse)
-  custom = custom_rule_takes_refs(jaxpr)
+  custom = custom_rule_has_ref_effects(jaxpr)
   if custom is not None:
     _errors.warn_not_rematerialized(jaxpr, custom)
     return core.eval_jaxpr(jaxpr, (), *args)
@@ -186,12 +186,13 @@ def _merged_jaxpr(jaxpr: core.Jaxpr, source: tuple[int, ...]) -> core.Jaxpr:
   return merged
 
 
-def custom_rule_takes_refs(jaxpr: core.Jaxpr):
-  """A custom_vjp/custom_jvp equation (in `jaxpr` or nested in it) that
-  takes a ref, or None. Value form would hand it the ref's value: neither its
-  primal nor its rules could use the ref any more. (Refs a custom function
-  makes and uses inside are its own business.)"""
+def custom_rule_has_ref_effects(jaxpr: core.Jaxpr):
+  """A custom_vjp/custom_jvp equation (in `jaxpr` or nested in it) that takes
+  or makes refs, or None. Value form would hand it the ref's value: neither
+  its primal nor its rules could use the ref any more; and JAX's discharge of
+  one that makes refs inside replaces it by its primal (its rule is lost)."""
   def pred(eqn):
     return (eqn.primitive in ju.CUSTOM_RULE_PRIMITIVES and
-            any(ju.is_ref(v) for v in eqn.invars))
+            (any(ju.is_ref(v) for v in eqn.invars) or
+             core.internal_mutable_array_effect in eqn.effects))
   return ju.find_eqn(jaxpr, pred)

@@ -8,6 +8,7 @@ from absl.testing import absltest
 import jax
 from jax import lax
 import jax.numpy as jnp
+import numpy as np
 from jax._src import test_util as jtu
 
 from jax_remat_refs import RematRefWarning
@@ -98,6 +99,49 @@ class CustomVJPRefTest(CustomRuleTestCase):
       y, f_vjp = jax.vjp(f, 0.5)
       return y, f_vjp(1.)
     self.assertTransparent(prog, warnings_filter="error")
+
+  def _sin_with_refs_inside(self):
+    # sin, with the custom derivative x + 1 (not cos x); both its primal and
+    # its fwd make refs of their own.
+    @jax.custom_vjp
+    def h(x):
+      r = jax.new_ref(x)
+      r[...] = jnp.sin(r[...])
+      return r[...]
+    def h_fwd(x):
+      r = jax.new_ref(x)
+      r[...] += 1.
+      return h(x), r[...]
+    h.defvjp(h_fwd, lambda res, g: (g * res,))
+    return h
+
+  def test_custom_vjp_making_refs_in_a_body_making_refs(self):
+    # JAX's discharge of the custom call (its refs are its own) replaces it
+    # by its primal: value form lost the custom rule (gradient 3.17, the
+    # derivative of sin). Now such a body runs without remat.
+    h = self._sin_with_refs_inside()
+    def prog(R):
+      def f(x):
+        k = jax.new_ref(x * 3.)
+        return h(x) * jnp.cos(x) + k[...]
+      return jax.grad(R(f))(.7), jax.jit(jax.grad(R(f)))(.7)
+    want = 1.7 * np.cos(.7) - np.sin(.7) ** 2 + 3.
+    self.assertTransparent(prog, expected=(want, want))
+    with self.assertWarnsRegex(RematRefWarning, "takes or makes refs"):
+      prog(jax.remat)
+
+  def test_custom_vjp_whose_fwd_makes_refs(self):
+    # Only the custom function's own refs (under grad the fwd's ref is in
+    # the differentiated body, which then runs without remat): f' = (x + 1)
+    # cos x - sin x sin x with the custom derivative x + 1 of h = sin, and
+    # f'' = cos x - 2 (x + 1) sin x - sin x cos x.
+    h = self._sin_with_refs_inside()
+    def prog(R):
+      f = R(lambda x: h(x) * jnp.cos(x))
+      return jax.grad(f)(.7), jax.grad(jax.grad(f))(.7)
+    c, s = np.cos(.7), np.sin(.7)
+    self.assertTransparent(
+        prog, expected=(1.7 * c - s * s, c - 2. * 1.7 * s - s * c))
 
   def test_ref_passed_to_custom_vjp_stays_a_ref(self):
     # Only the backward rule writes it: value form leaves it a ref, the

@@ -60,6 +60,39 @@ POLICIES = (
 
 SQUASH_AT = 6.0     # values whose bound exceeds this are squashed
 WRITE_BOUND = 2.0   # values written to refs are squashed above this
+
+# Custom-rule functions with refs of their own (`s_custom`): sin with the
+# rule cos x + 0.5, and tanh with the rule 1 - x * x (the derivative of tanh
+# would be 1 - tanh(x)^2), so a rule lost to discharge changes gradients.
+CUSTOM_FUNCTIONS_SRC = [
+    "@jax.custom_vjp",
+    "def _own_refs_vjp(x):",
+    "  r = jax.new_ref(x)",
+    "  r[...] = jnp.sin(r[...])",
+    "  return r[...]",
+    "",
+    "",
+    "def _own_refs_vjp_fwd(x):",
+    "  r = jax.new_ref(x)",
+    "  r[...] = jnp.cos(r[...]) + 0.5",
+    "  return _own_refs_vjp(x), r[...]",
+    "",
+    "",
+    "_own_refs_vjp.defvjp(_own_refs_vjp_fwd, lambda res, g: (g * res,))",
+    "",
+    "",
+    "@jax.custom_jvp",
+    "def _own_refs_jvp(x):",
+    "  r = jax.new_ref(x)",
+    "  r[...] = jnp.tanh(r[...])",
+    "  return r[...]",
+    "",
+    "",
+    "_own_refs_jvp.defjvp(lambda xs, ts: (_own_refs_jvp(xs[0]),",
+    "                                    ts[0] * (1. - xs[0] * xs[0])))",
+    "",
+    "",
+]
 REF_BOUND = 3.0     # assumed bound of a float ref read
 INT_BOUND = 8.0     # assumed bound of an int ref read (as float)
 
@@ -312,6 +345,7 @@ class Program:
         "  CALLS[0] += 1",
         "",
         "",
+        *CUSTOM_FUNCTIONS_SRC,
         f"def build(remat{''.join(', ' + n for n in closed)}):",
         "  def ckpt(fun, **kw):",
         "    return jax.checkpoint(fun, **kw) if remat else fun",
@@ -672,6 +706,16 @@ class Generator:
     v = self.add_val(scope, a.shape, a.bound)
     return [Line(f"{v.name} = lax.stop_gradient({a.name})")]
 
+  def s_custom(self, scope):
+    """A custom_vjp or custom_jvp function (defined in the program's
+    preamble) that makes refs of its own, and whose rule differs from its
+    primal's derivative: a remat that lost the rule would show."""
+    a = self.pick_val(scope)
+    v = self.add_val(scope, a.shape, 1.0, a.diff)
+    self.features.add("custom_own_refs")
+    fn = self.rng.choice(("_own_refs_vjp", "_own_refs_jvp"))
+    return [Line(f"{v.name} = {fn}({a.name})")]
+
   def s_callback(self, scope):
     # Always with an operand: on jax 0.10.2, jit drops a remat whose only
     # effect is an operand-less callback and whose outputs are unused
@@ -753,8 +797,13 @@ class Generator:
       self.features.add("empty_ref")
       return [Line(f"{q.name} = jax.ref.empty_ref(jax.typeof({ex}))"),
               Line(f"{q.name}[...] = {ex}")]
-    if kw:   # see gen2.Generator.b_new_ref: JAX's jvp of a kind ref
-      ex = f"lax.stop_gradient({ex})"   # made from a differentiated value
+    # A kind ref made from a differentiated value: its reads take no
+    # gradient (generator 1 runs reverse modes only; for jvp see
+    # gen2.Generator.b_new_ref).
+    if kw and v.diff and self.rng.random() < 0.5:
+      self.features.add("kind_diff_init")
+    elif kw:
+      ex = f"lax.stop_gradient({ex})"
     return [Line(f"{q.name} = jax.new_ref({ex}{kw})")]
 
   # ---- compound statements ---------------------------------------------------
@@ -1190,7 +1239,11 @@ class Generator:
       stmts = [Line(f"{t.name} = jax.ref.empty_ref(jax.typeof({h.name}))"),
                Line(f"{t.name}[...] = {h.name}")]
     else:
-      init = f"lax.stop_gradient({h.name})" if kw else h.name  # as s_new_ref
+      init = h.name
+      if kw and h.diff and self.rng.random() < 0.5:   # as s_new_ref
+        self.features.add("kind_diff_init")
+      elif kw:
+        init = f"lax.stop_gradient({h.name})"
       stmts = [Line(f"{t.name} = jax.new_ref({init}{kw})")]
     stmts.append(
         Line(f"{t.name}[...] = {t.name}[...] * 2 + jnp.sin({t.name}[...])"))
@@ -1287,7 +1340,8 @@ class Generator:
   # ---- bodies and programs -------------------------------------------------
 
   SIMPLE = dict(read=6, read_int=2, unary=4, binary=5, dot=2, where=2, sum=1,
-                name=2, stop=1, callback=2, write=7, write_int=2, new_ref=2)
+                name=2, stop=1, callback=2, write=7, write_int=2, new_ref=2,
+                custom=0.7)
   COMPOUND = dict(remat=4, cond=2, fori=2, scan=2, motif=2, while_=1.5, tied=1)
 
   def gen_body(self, scope, n):

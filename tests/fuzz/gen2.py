@@ -646,10 +646,15 @@ class Generator:
     t = Ref(self.fresh("t"), (self.n,), "float32", external=False, diff=True,
             kind=bool(kw))
     self.features.add("new_ref")
-    # A kind ref starts from a value without gradient: JAX's jvp (not its
-    # linearize or grad) gives such a ref made from a differentiated value a
-    # tangent that its writes then leave stale, without remat.
-    init = "lax.stop_gradient(h)" if kw else "h"
+    # Under jvp a kind ref starts from a value without gradient: JAX's jvp
+    # (not its linearize or grad) gives such a ref made from a
+    # differentiated value a tangent that its writes then leave stale,
+    # without remat. Under the other modes half of them do not.
+    init = "h"
+    if kw and "jvp" not in self.modes and self.rng.random() < 0.5:
+      self.features.add("kind_diff_init")
+    elif kw:
+      init = "lax.stop_gradient(h)"
     nodes = [line(f"{t.name} = jax.new_ref({init}{kw})"),
              line(f"{t.name}[...] = {t.name}[...] * 2 + jnp.sin({t.name}[...])")]
     if kw:   # reads of a kind ref carry no gradient: h keeps its own
@@ -1013,6 +1018,7 @@ class Generator:
     if rng.random() < 0.35:
       modes.append(rng.choice([m for m in MODES if m not in modes]))
     modes.sort(key=MODES.index)
+    self.modes = modes
     read_only = "hessian" in modes
     # Where nothing differentiated may enter a while loop: reverse modes
     # (JAX cannot transpose one) and linearize (JAX's linearize of a while

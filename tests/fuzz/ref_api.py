@@ -39,6 +39,9 @@ FEATURES = dict(
     ref_primal="a ref as a differentiated primal of jax.vjp (its gradient "
                "accumulated through with_refs)",
     kind_diff_write="a differentiated value written into a kind ref",
+    kind_diff_init="a kind ref made inside from a differentiated value",
+    custom_own_refs="a custom_vjp / custom_jvp function that makes refs of "
+                    "its own (its rule differs from its primal's derivative)",
     grad_value="with_refs given jax.ad.GradValue() for an argument",
     dont_want="with_refs given jax.ad.DontWant() for an argument",
     new_ref="a ref made inside the program (jax.new_ref in a body)",
