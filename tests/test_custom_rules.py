@@ -119,16 +119,21 @@ class CustomVJPRefTest(CustomRuleTestCase):
     # JAX's discharge of the custom call (its refs are its own) replaces it
     # by its primal: value form lost the custom rule (gradient 3.17, the
     # derivative of sin). Now such a body runs without remat.
+    want = 1.7 * np.cos(.7) - np.sin(.7) ** 2 + 3.
+    self.assertTransparent(self._body_making_refs_prog(), expected=(want, want))
+
+  def test_custom_vjp_making_refs_in_a_body_making_refs_warns(self):
+    with self.assertWarnsRegex(RematRefWarning, "takes or makes refs"):
+      self._body_making_refs_prog()(jax.remat)
+
+  def _body_making_refs_prog(self):
     h = self._sin_with_refs_inside()
     def prog(R):
       def f(x):
         k = jax.new_ref(x * 3.)
         return h(x) * jnp.cos(x) + k[...]
       return jax.grad(R(f))(.7), jax.jit(jax.grad(R(f)))(.7)
-    want = 1.7 * np.cos(.7) - np.sin(.7) ** 2 + 3.
-    self.assertTransparent(prog, expected=(want, want))
-    with self.assertWarnsRegex(RematRefWarning, "takes or makes refs"):
-      prog(jax.remat)
+    return prog
 
   def test_custom_vjp_whose_fwd_makes_refs(self):
     # Only the custom function's own refs (under grad the fwd's ref is in
