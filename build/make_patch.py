@@ -63,8 +63,8 @@ def _init(dest: pathlib.Path, message: str) -> None:
 
 
 def release_sdist(version: str, python: str = sys.executable) -> pathlib.Path:
-  """The release's sdist, downloaded once into build/out/dist."""
-  dist = OUT / "dist"
+  """The release's sdist, downloaded once into build/out/sdist."""
+  dist = OUT / "sdist"
   found = dist / f"jax-{version}.tar.gz"
   if not found.exists():
     dist.mkdir(parents=True, exist_ok=True)
