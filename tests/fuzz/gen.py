@@ -129,6 +129,26 @@ class Line:
     return []
 
 
+def alias_names(fresh, rng, inner, r):
+  """Two names of ref `r` in the remat body scope `inner` (both generators):
+  two fresh parameters both given `r`, or one given `r` while the body also
+  closes over it. Returns (the name read, the name written, parameter names,
+  argument names); `inner.refs` gets the new names."""
+  inner.has_aliases = True
+  a = dataclasses.replace(r, name=fresh("pa"), referent=r.ident)
+  if rng.random() < 0.6:
+    b = dataclasses.replace(r, name=fresh("pb"), referent=r.ident)
+    inner.refs = [q for q in inner.refs if q is not r] + [a, b]
+    params, args = [a.name, b.name], [r.name, r.name]
+  else:
+    b = r
+    inner.refs = inner.refs + [a]
+    params, args = [a.name], [r.name]
+  if rng.random() < 0.5:
+    a, b = b, a
+  return a, b, params, args
+
+
 def _tup(items):
   if not items:
     return "()"
@@ -859,18 +879,7 @@ class Generator:
     of the body, parameter names, argument names). Either two parameters
     both given `r`, or one given `r` while the body also closes over it; the
     first lines read through one name and write through the other."""
-    inner.has_aliases = True
-    a = dataclasses.replace(r, name=self.fresh("pa"), referent=r.ident)
-    if self.rng.random() < 0.6:
-      b = dataclasses.replace(r, name=self.fresh("pb"), referent=r.ident)
-      inner.refs = [q for q in inner.refs if q is not r] + [a, b]
-      params, args = [a.name, b.name], [r.name, r.name]
-    else:
-      b = r
-      inner.refs = inner.refs + [a]
-      params, args = [a.name], [r.name]
-    if self.rng.random() < 0.5:
-      a, b = b, a
+    a, b, params, args = alias_names(self.fresh, self.rng, inner, r)
     at = self._at(b)
     # What r reads, r takes (external refs read no gradient).
     val = f"jnp.tanh(jnp.sum({a.name}[...])) * 0.25"

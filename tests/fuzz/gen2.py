@@ -56,7 +56,7 @@ import numpy as np
 
 from tests.fuzz import oracle
 from tests.fuzz import ref_api
-from tests.fuzz.gen import _array_src, _new_ref_src, source_header
+from tests.fuzz.gen import _array_src, _new_ref_src, alias_names, source_header
 
 # vjp_refs where the installed JAX's vjp function has `with_refs`.
 MODES = ("vg", "vjp_write", "linearize", "jvp", "hessian") + (
@@ -717,18 +717,7 @@ class Generator:
     or one given r while the body closes over r too. Returns (first nodes
     of the body, parameter names, argument names, bound of h): the first
     nodes read r through one name and write (or read) it through the other."""
-    inner.has_aliases = True
-    a = dataclasses.replace(r, name=self.fresh("pa"), referent=r.ident)
-    if self.rng.random() < 0.6:
-      c = dataclasses.replace(r, name=self.fresh("pb"), referent=r.ident)
-      inner.refs = [q for q in inner.refs if q is not r] + [a, c]
-      params, args = [a.name, c.name], [r.name, r.name]
-    else:
-      c = r
-      inner.refs = inner.refs + [a]
-      params, args = [a.name], [r.name]
-    if self.rng.random() < 0.5:
-      a, c = c, a
+    a, c, params, args = alias_names(self.fresh, self.rng, inner, r)
     at = self._at(c, inner, loop_ok=False)
     # What r reads, r takes (a differentiated read only where r itself is
     # differentiated: made from h, or a primal of vjp_refs).
