@@ -13,6 +13,7 @@ import jax
 from jax._src import ad_checkpoint as ac
 from jax._src import config
 from jax._src import core
+from jax._src import custom_derivatives
 from jax._src import effects
 from jax._src import pjit
 from jax._src.interpreters import ad
@@ -181,6 +182,31 @@ WHILE_JVP_NEEDS_ARG_NAMES = (
 # carries them (`ctx.in_avals`, 0.11 and later).
 def discharge_rule_in_avals(first_arg):
   return getattr(first_arg, "in_avals", first_arg)
+
+
+# `custom_jvp_call` has no state discharge rule (every release to 0.12.0.1):
+# a custom_jvp function that makes a ref inside cannot be compiled.
+CUSTOM_JVP_DISCHARGE_MISSING = (
+    custom_derivatives.custom_jvp_call_p not in state_discharge._discharge_rules)
+
+
+def bind_eqn_params(prim, args, params):
+  """`prim.bind(*args)` with an equation's params, as `core.eval_jaxpr` binds
+  them: `get_bind_params` gives (subfuns, params) up to 0.9.x, later params
+  that carry the subfuns."""
+  bind_params = prim.get_bind_params(params)
+  if isinstance(bind_params, tuple):
+    subfuns, bind_params = bind_params
+    return prim.bind(*subfuns, *args, **bind_params)
+  return prim.bind(*args, **bind_params)
+
+
+def discharge_rule_operands(first_arg, rest):
+  """A discharge rule's (in_avals, operands), from its arguments: `(in_avals,
+  out_avals, *operands)` (0.10.x) or `(ctx, *operands)` (0.11 and later)."""
+  if hasattr(first_arg, "in_avals"):
+    return first_arg.in_avals, rest
+  return first_arg, rest[1:]
 
 
 # `jax.new_ref(x, kind=...)`: a ref's kind, the owner's declaration of what AD

@@ -38,6 +38,7 @@ from __future__ import annotations
 from jax._src import ad_checkpoint as ac
 from jax._src import ad_util
 from jax._src import core
+from jax._src import custom_derivatives
 from jax._src import debugging
 from jax._src import effects
 from jax._src import pjit
@@ -184,6 +185,20 @@ def ref_aval_hash(self):
   return hash((type(self), self.inner_aval, self.memory_space, self.kind))
 
 
+def custom_jvp_call_discharge(first, *rest, call_jaxpr, **params):
+  """Discharge of a `custom_jvp` call that takes no refs: the same call, on
+  its jaxpr with the refs it makes inside discharged, so that it keeps its
+  JVP rule. (One that takes refs has no value form that keeps the rule.)"""
+  in_avals, args = _compat.discharge_rule_operands(first, rest)
+  if any(isinstance(a, AbstractRef) for a in in_avals):
+    raise NotImplementedError(
+        "No state discharge rule for a custom_jvp function that takes refs.")
+  pure = _compat.discharge_closed(call_jaxpr, [False] * len(in_avals))
+  outs = _compat.bind_eqn_params(custom_derivatives.custom_jvp_call_p, args,
+                                 dict(params, call_jaxpr=pure))
+  return [None] * len(in_avals), outs
+
+
 def entries():
   """(owner, key, replacement): `owner[key]` for a rule table, else the
   attribute `key` of `owner`."""
@@ -211,4 +226,8 @@ def entries():
       _compat.ADDUPDATE_JVP_FAILS_WITHOUT_TANGENTS):
     out.append((ad.primitive_jvps, state_primitives.addupdate_p,
                 addupdate_jvp))
+  if _compat.CUSTOM_JVP_DISCHARGE_MISSING:
+    out.append((state_discharge._discharge_rules,
+                custom_derivatives.custom_jvp_call_p,
+                custom_jvp_call_discharge))
   return out

@@ -33,14 +33,19 @@ def entries():
 
 
 _saved: list = []   # (owner, key, what was there), in installation order
+_ABSENT = object()  # what was there: nothing (a rule table without the key)
 
 
 def _get(owner, key):
-  return owner[key] if isinstance(owner, dict) else getattr(owner, key)
+  if isinstance(owner, dict):
+    return owner.get(key, _ABSENT)
+  return getattr(owner, key)
 
 
 def _set(owner, key, value):
-  if isinstance(owner, dict):
+  if value is _ABSENT:
+    del owner[key]
+  elif isinstance(owner, dict):
     owner[key] = value
   else:
     setattr(owner, key, value)

@@ -190,7 +190,8 @@ def custom_rule_has_ref_effects(jaxpr: core.Jaxpr):
   """A custom_vjp/custom_jvp equation (in `jaxpr` or nested in it) that takes
   or makes refs, or None. Value form would hand it the ref's value: neither
   its primal nor its rules could use the ref any more; and JAX's discharge of
-  one that makes refs inside replaces it by its primal (its rule is lost)."""
+  a custom_vjp function that makes refs inside replaces it by its primal
+  (its rule is lost). Such bodies run without remat."""
   def pred(eqn):
     return (eqn.primitive in ju.CUSTOM_RULE_PRIMITIVES and
             (any(ju.is_ref(v) for v in eqn.invars) or

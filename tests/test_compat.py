@@ -6,9 +6,12 @@ from absl.testing import absltest
 import jax
 from jax import lax
 import jax.numpy as jnp
+import numpy as np
 from jax._src import ad_checkpoint as ac
+from jax._src import custom_derivatives
 from jax._src import test_util as jtu
 from jax._src.interpreters import partial_eval as pe
+from jax._src.state import discharge as state_discharge
 
 import jax_remat_refs  # noqa: F401  (activates the patch)
 from jax_remat_refs import _compat
@@ -112,6 +115,33 @@ class JaxRuleFixesTest(jtu.JaxTestCase):
     self.assertAllClose(jax.hessian(f(jax.remat))(x),
                         jax.hessian(f(lambda g: g))(x), rtol=1e-5, atol=1e-6)
 
+
+  def test_custom_jvp_making_its_own_ref_compiles(self):
+    # Every release: `custom_jvp_call` had no discharge rule, so a custom_jvp
+    # function that makes a ref inside could not be compiled at all
+    # (NotImplementedError under jit, without remat too). The rule keeps the
+    # function's JVP rule (3, not the primal's cos).
+    @jax.custom_jvp
+    def h(x):
+      r = jax.new_ref(x)
+      r[...] = jnp.sin(r[...])
+      return r[...]
+    h.defjvp(lambda xs, ts: (h(xs[0]), 3. * ts[0]))
+    twice = lambda x: lax.fori_loop(0, 2, lambda i, c: h(c), x)
+    self.assertAllClose(jax.jit(h)(.5), np.sin(.5))
+    self.assertAllClose(jax.grad(jax.jit(h))(.5), 3.)
+    self.assertAllClose(jax.jit(twice)(.5), np.sin(np.sin(.5)))
+    self.assertAllClose(jax.jit(jax.grad(twice))(.5), 9.)
+
+  def test_upstream_behavior_removes_the_added_discharge_rule(self):
+    rules = state_discharge._discharge_rules
+    prim = custom_derivatives.custom_jvp_call_p
+    self.assertEqual(rules.get(prim) is _fixes.custom_jvp_call_discharge,
+                     _compat.CUSTOM_JVP_DISCHARGE_MISSING)
+    with jax_remat_refs.upstream_behavior():
+      self.assertIsNot(rules.get(prim), _fixes.custom_jvp_call_discharge)
+      self.assertEqual(prim in rules,
+                       not _compat.CUSTOM_JVP_DISCHARGE_MISSING)
 
 if __name__ == "__main__":
   absltest.main(testLoader=jtu.JaxTestLoader())

@@ -387,5 +387,34 @@ class CustomJVPRefTest(CustomRuleTestCase):
     self.assertTransparent(prog)
 
 
+  def test_custom_jvp_making_its_own_ref_in_a_while_loop(self):
+    # A body with other ref effects runs without remat here, and its loop
+    # (a while: the trip count is read from a ref) was compiled by itself;
+    # JAX had no discharge rule for such a function (NotImplementedError,
+    # also under jit without remat). Fuzz generator 1, seed 3000449.
+    @jax.custom_jvp
+    def h(x):
+      r = jax.new_ref(x)
+      r[...] = jnp.tanh(r[...])
+      return r[...]
+    h.defjvp(lambda xs, ts: (h(xs[0]), 3. * ts[0]))
+    def prog(R, jit):
+      n = jax.new_ref(2)
+      acc = jax.new_ref(0.)
+      @R
+      def g(x):
+        def body(i, c):
+          acc[...] += lax.stop_gradient(c)
+          return h(c) * x
+        return lax.fori_loop(0, n[...], body, x)
+      jvp = lambda x: jax.jvp(g, (x,), (1.,))
+      y, y_dot = (jax.jit(jvp) if jit else jvp)(.4)
+      return y, y_dot, acc[...]
+    c1 = np.tanh(.4) * .4
+    c1_dot = 3. * .4 + np.tanh(.4)
+    want = (np.tanh(c1) * .4, 3. * c1_dot * .4 + np.tanh(c1), .4 + c1)
+    for jit in (False, True):
+      self.assertTransparent(lambda R: prog(R, jit), expected=want)
+
 if __name__ == "__main__":
   absltest.main(testLoader=jtu.JaxTestLoader())
