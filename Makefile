@@ -81,9 +81,12 @@ test: $(STAMP)
 ifeq ($(FORK),)
 	$(VPY) -m pytest -q tests
 else
-	$(VPY) build/fork.py suite
-	$(VPY) build/fork.py fuzz --gen 1 --n $(FORK_N) --seed $(or $(SEED),0) --quiet --progress 0
-	$(VPY) build/fork.py fuzz --gen 2 --n $(FORK_N) --seed $(or $(SEED),0) --quiet --progress 0
+	# All three run; the target fails if any of them failed.
+	rc=0; \
+	$(VPY) build/fork.py suite || rc=1; \
+	$(VPY) build/fork.py fuzz --gen 1 --n $(FORK_N) --seed $(or $(SEED),0) --quiet --progress 0 || rc=1; \
+	$(VPY) build/fork.py fuzz --gen 2 --n $(FORK_N) --seed $(or $(SEED),0) --quiet --progress 0 || rc=1; \
+	exit $$rc
 endif
 
 # Without --quiet: a failing fuzz program is printed with its source.

@@ -186,8 +186,8 @@ def discharge_rule_in_avals(first_arg):
 
 # `custom_jvp_call` has no state discharge rule (every release to 0.12.0.1):
 # a custom_jvp function that makes a ref inside cannot be compiled.
-CUSTOM_JVP_DISCHARGE_MISSING = (
-    custom_derivatives.custom_jvp_call_p not in state_discharge._discharge_rules)
+CUSTOM_JVP_DISCHARGE_MISSING = (custom_derivatives.custom_jvp_call_p
+                                not in state_discharge._discharge_rules)
 
 
 def bind_eqn_params(prim, args, params):
