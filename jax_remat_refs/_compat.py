@@ -204,9 +204,8 @@ def bind_eqn_params(prim, args, params):
 def discharge_rule_operands(first_arg, rest):
   """A discharge rule's (in_avals, operands), from its arguments: `(in_avals,
   out_avals, *operands)` (0.10.x) or `(ctx, *operands)` (0.11 and later)."""
-  if hasattr(first_arg, "in_avals"):
-    return first_arg.in_avals, rest
-  return first_arg, rest[1:]
+  in_avals = discharge_rule_in_avals(first_arg)
+  return in_avals, rest if in_avals is not first_arg else rest[1:]
 
 
 # `jax.new_ref(x, kind=...)`: a ref's kind, the owner's declaration of what AD

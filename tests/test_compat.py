@@ -115,7 +115,6 @@ class JaxRuleFixesTest(jtu.JaxTestCase):
     self.assertAllClose(jax.hessian(f(jax.remat))(x),
                         jax.hessian(f(lambda g: g))(x), rtol=1e-5, atol=1e-6)
 
-
   def test_custom_jvp_making_its_own_ref_compiles(self):
     # Every release: `custom_jvp_call` had no discharge rule, so a custom_jvp
     # function that makes a ref inside could not be compiled at all
@@ -142,6 +141,7 @@ class JaxRuleFixesTest(jtu.JaxTestCase):
       self.assertIsNot(rules.get(prim), _fixes.custom_jvp_call_discharge)
       self.assertEqual(prim in rules,
                        not _compat.CUSTOM_JVP_DISCHARGE_MISSING)
+
 
 if __name__ == "__main__":
   absltest.main(testLoader=jtu.JaxTestLoader())

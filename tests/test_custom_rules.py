@@ -386,7 +386,6 @@ class CustomJVPRefTest(CustomRuleTestCase):
       return jax.grad(g)(0.3), counter[...]
     self.assertTransparent(prog)
 
-
   def test_custom_jvp_making_its_own_ref_in_a_while_loop(self):
     # A body with other ref effects runs without remat here, and its loop
     # (a while: the trip count is read from a ref) was compiled by itself;
@@ -415,6 +414,7 @@ class CustomJVPRefTest(CustomRuleTestCase):
     want = (np.tanh(c1) * .4, 3. * c1_dot * .4 + np.tanh(c1), .4 + c1)
     for jit in (False, True):
       self.assertTransparent(lambda R: prog(R, jit), expected=want)
+
 
 if __name__ == "__main__":
   absltest.main(testLoader=jtu.JaxTestLoader())
