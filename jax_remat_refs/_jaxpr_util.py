@@ -45,6 +45,14 @@ def ref_inputs_with_effects(jaxpr: core.Jaxpr,
   return [v in touched for v in jaxpr.invars]
 
 
+def used_inputs(jaxpr: core.Jaxpr) -> list[bool]:
+  """For each input of `jaxpr`: whether an equation or an output uses it."""
+  used = {v for eqn in jaxpr.eqns for v in eqn.invars
+          if isinstance(v, core.Var)}
+  used.update(v for v in jaxpr.outvars if isinstance(v, core.Var))
+  return [v in used for v in jaxpr.invars]
+
+
 def written_ref_inputs(jaxpr: core.Jaxpr) -> list[bool]:
   """For each input of `jaxpr`: a ref it writes or accumulates into."""
   return ref_inputs_with_effects(jaxpr, (WriteEffect, AccumEffect))

@@ -3,7 +3,7 @@
 By JAX's state-discharge semantics (what `jit` lowering does), a body
 ``f(x, r)`` with effects on refs ``r`` is the same program as::
 
-    v = r[...]                     # read every ref once, at remat entry
+    v = r[...]                     # read every ref used once, at entry
     y, v_new = f_pure(x, v)        # the discharged body: values in, values out
     r[...] = v_new                 # write back the refs the body writes
 
@@ -83,20 +83,19 @@ def remat_bind(*args, jaxpr, prevent_cse, differentiated, policy):
 
 def remat_bind_value_form(args, jaxpr, prevent_cse, differentiated, policy):
   """Binds a remat of `jaxpr`, a body with ref effects, in value form: reads
-  each ref at entry, binds a remat of the discharged (pure) body on the
-  values, and writes back the refs the body writes."""
+  each ref the body uses at entry, binds a remat of the discharged (pure)
+  body on the values, and writes back the refs the body writes."""
   args, jaxpr, prevent_cse = _merge_aliased_refs(args, jaxpr, prevent_cse)
   custom = custom_rule_has_ref_effects(jaxpr)
   if custom is not None:
     _errors.warn_not_rematerialized(jaxpr, custom)
     return core.eval_jaxpr(jaxpr, (), *args)
   _check_refs_the_body_consumes_or_makes(jaxpr)
-  pure, consts, written = remat_discharge(jaxpr)
+  pure, consts, discharged, written = remat_discharge(jaxpr)
   ins = list(args)
-  for i, v in enumerate(jaxpr.invars):
-    if ju.is_ref(v):
-      with _report.entry_read_scope(ju.describe_input(jaxpr, i)):
-        ins[i] = state_primitives.ref_get(args[i], ())
+  for i in discharged:
+    with _report.entry_read_scope(ju.describe_input(jaxpr, i)):
+      ins[i] = state_primitives.ref_get(args[i], ())
   if isinstance(prevent_cse, tuple):
     prevent_cse = (False,) * len(consts) + prevent_cse
   outs = UPSTREAM_BIND(
@@ -128,19 +127,22 @@ def _check_refs_the_body_consumes_or_makes(jaxpr: core.Jaxpr) -> None:
 
 @weakref_lru_cache
 def remat_discharge(jaxpr: core.Jaxpr):
-  """The discharged body of a remat: (jaxpr, consts, written).
+  """The discharged body of a remat: (jaxpr, consts, discharged, written).
 
-  Its inputs are the consts, then `jaxpr`'s inputs with every ref replaced by
-  its value; its outputs are `jaxpr`'s, then the final values of the refs at
-  positions `written` (the refs the body writes)."""
-  is_ref = [ju.is_ref(v) for v in jaxpr.invars]
+  Its inputs are the consts, then `jaxpr`'s inputs with each ref at
+  positions `discharged` (every ref the body uses) replaced by its value; a
+  ref the body does not use stays a ref, untouched (reading it would add an
+  effect the body does not have). Its outputs are `jaxpr`'s, then the final
+  values of the refs at positions `written` (the refs the body writes)."""
+  discharge = [ju.is_ref(v) and used
+               for v, used in zip(jaxpr.invars, ju.used_inputs(jaxpr))]
+  discharged = tuple(i for i, d in enumerate(discharge) if d)
   written = tuple(i for i, w in enumerate(ju.written_ref_inputs(jaxpr)) if w)
-  pure, consts = _compat.discharge_state(jaxpr, is_ref)
-  ref_pos = [i for i, r in enumerate(is_ref) if r]
-  keep = [True] * len(jaxpr.outvars) + [i in written for i in ref_pos]
+  pure, consts = _compat.discharge_state(jaxpr, discharge)
+  keep = [True] * len(jaxpr.outvars) + [i in written for i in discharged]
   pure = ju.fold_index_literals(pe.convert_constvars_jaxpr(pure))
   pure, _ = pe.dce_jaxpr(pure, keep, instantiate=True)
-  return pure, consts, written
+  return pure, consts, discharged, written
 
 
 def _merge_aliased_refs(args, jaxpr, prevent_cse):

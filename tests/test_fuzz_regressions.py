@@ -382,5 +382,28 @@ class FuzzRegressionTest(jtu.JaxTestCase):
     self.assertAllClose(r_final, np.float32(1.5))
 
 
+  def test_unused_ref_passed_to_remat_in_cond_branch_in_loop(self):
+    """Gen 1 seed 4000869: a remat passed a ref its body never uses, in a
+    cond branch inside a loop, under vjp. Value form read every ref input at
+    entry, this one too: a state effect in the branch, which JAX's cond
+    partial eval rejects ("State effect not supported in cond partial-eval"),
+    where the program without remat runs."""
+    def prog(ck):
+      r = jax.new_ref(np.array([0.3, 0.4], np.float32))
+      def f(x):
+        def body(s):
+          i, c = s
+          def branch(c):
+            def blk(unused_ref):
+              q = jax.new_ref(jnp.cos(c))
+              return jnp.sin(c) * q[...]
+            return jax.jit(ck(blk))(r)
+          return i + 1, lax.cond(c > 0, branch, jnp.cos, c)
+        s0 = (0, lax.stop_gradient(x))
+        return jnp.sin(x) * lax.while_loop(lambda s: s[0] < 2, body, s0)[1]
+      return jax.jvp(f, (0.3,), (1.,)), jax.vjp(f, 0.3)[1](1.), r[...]
+    (_, _), _, r_final = self.assertTransparent(prog)
+    self.assertAllClose(r_final, np.array([0.3, 0.4], np.float32))
+
 if __name__ == "__main__":
   absltest.main(testLoader=jtu.JaxTestLoader())
